@@ -1,0 +1,10 @@
+//! Generates the gRPC code from `../proto/hbac.proto` with a vendored `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment here.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    println!("cargo:rerun-if-changed=../proto/hbac.proto");
+    tonic_prost_build::configure().compile_protos(&["../proto/hbac.proto"], &["../proto"])?;
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! What the hbac coordinator and its workers both speak.
+//!
+//! * [`proto`] — the generated gRPC code and its conversion to domain types (the only place
+//!   generated structs are touched);
+//! * [`storage`] — dataset and run URLs (`file://`, `s3://`, `gs://`, `az://`, `memory://`, or a
+//!   plain path) opened through `object_store`;
+//! * [`hms`] — the Kaggle HMS file formats, validated column by column;
+//! * [`npy`] — the `.npy` spectrogram cache format (`numpy.load` reads it);
+//! * [`preprocess`] — the reference pipeline: sample selection, windows, normalisation, labels;
+//! * [`prepare`] — the parquet → `.npy` cache conversion (`hbac prepare`);
+//! * [`folds`] — scikit-learn-exact `StratifiedGroupKFold`, including numpy's legacy RNG;
+//! * [`metric`] — the Kaggle KL-divergence score and the Keras KL loss;
+//! * [`synth`] — deterministic synthetic HMS data sets with learnable class signal;
+//! * [`progress`] — progress bars shared by every long-running command.
+
+pub mod error;
+pub mod folds;
+pub mod hms;
+pub mod metric;
+pub mod npy;
+pub mod prepare;
+pub mod preprocess;
+pub mod progress;
+pub mod proto;
+pub mod storage;
+pub mod synth;
+
+pub use error::{Error, Result};

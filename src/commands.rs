@@ -1,0 +1,168 @@
+//! Each subcommand: turn its arguments into library calls and print a short summary.
+
+use anyhow::{Context, Result};
+use hbac_common::folds::{self, KFold};
+use hbac_common::hms::tables;
+use hbac_common::metric;
+use hbac_common::prepare;
+use hbac_common::storage::Store;
+use hbac_common::synth::{self, SynthConfig};
+use tracing::{info, warn};
+
+use crate::cli::{Command, FoldsArgs, PrepareArgs, ScoreArgs, SynthArgs};
+
+/// Runs one subcommand to completion.
+pub async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Synth(a) => synth(a).await,
+        Command::Prepare(a) => prepare(a).await,
+        Command::Folds(a) => folds(a).await,
+        Command::Score(a) => score(a).await,
+    }
+}
+
+async fn synth(a: SynthArgs) -> Result<()> {
+    let out = Store::create(&a.out)?;
+    let cfg = SynthConfig {
+        patients: a.patients,
+        seed: a.seed,
+        test_spectrograms: a.test_spectrograms,
+        eeg_files: a.eeg_files,
+        signal: a.signal,
+        concurrency: a.jobs,
+    };
+    anyhow::ensure!(cfg.patients > 0, "--patients must be at least 1");
+    let s = synth::generate(&cfg, &out).await?;
+    println!(
+        "wrote {}: {} train rows, {} train spectrograms, {} patients, {} test spectrograms, {} EEG files",
+        out.root(),
+        s.train_rows,
+        s.train_spectrograms,
+        s.patients,
+        s.test_spectrograms,
+        s.eeg_files
+    );
+    Ok(())
+}
+
+async fn prepare(a: PrepareArgs) -> Result<()> {
+    let data = Store::open(&a.data)?;
+    let cache = match &a.cache {
+        Some(c) => Store::create(c)?,
+        None => Store::create(&data.url("cache"))?,
+    };
+    info!(
+        data = data.root(),
+        cache = cache.root(),
+        "preparing spectrogram cache"
+    );
+    let s = prepare::prepare(&data, &cache, a.jobs).await?;
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "cache {}: {} converted, {} already present ({} train, {} test); read {:.1} MB, wrote {:.1} MB in {:.2} s ({:.1} files/s, {:.1} MB/s parquet)",
+        cache.root(),
+        s.converted,
+        s.skipped,
+        s.manifest.train,
+        s.manifest.test,
+        mb(s.bytes_read),
+        mb(s.bytes_written),
+        s.seconds,
+        s.converted as f64 / s.seconds.max(1e-9),
+        mb(s.bytes_read) / s.seconds.max(1e-9),
+    );
+    Ok(())
+}
+
+/// Splits a file URL into its parent root and the file name.
+fn parent_and_name(url: &str) -> Result<(String, String)> {
+    let trimmed = url.trim_end_matches('/');
+    if let Some((scheme, rest)) = trimmed.split_once("://") {
+        return match rest.rsplit_once('/') {
+            Some((parent, name)) => Ok((format!("{scheme}://{parent}"), name.to_string())),
+            None => anyhow::bail!("{url:?} names a bucket or root, not a file"),
+        };
+    }
+    Ok(match trimmed.rsplit_once('/') {
+        Some(("", name)) => ("/".to_string(), name.to_string()),
+        Some((parent, name)) => (parent.to_string(), name.to_string()),
+        None => (".".to_string(), trimmed.to_string()),
+    })
+}
+
+async fn read_file(url: &str) -> Result<(bytes::Bytes, String)> {
+    let (parent, name) = parent_and_name(url)?;
+    let store = Store::open(&parent)?;
+    Ok((store.get(&name).await?, store.url(&name)))
+}
+
+async fn write_file(url: &str, bytes: Vec<u8>) -> Result<()> {
+    let (parent, name) = parent_and_name(url)?;
+    Store::create(&parent)?
+        .put(&name, bytes)
+        .await
+        .with_context(|| format!("writing {url}"))
+}
+
+async fn folds(a: FoldsArgs) -> Result<()> {
+    let (bytes, file) = read_file(&a.train_csv).await?;
+    let rows = tables::parse_train_csv(&bytes, &file)?;
+    let split = folds::hms_folds(
+        &rows,
+        &KFold {
+            k: a.k,
+            shuffle: a.shuffle,
+            seed: a.seed,
+        },
+    )?;
+    for w in &split.warnings {
+        warn!("{w}");
+    }
+    let labels: Vec<String> = split.fold.iter().map(ToString::to_string).collect();
+    write_file(
+        &a.out,
+        tables::append_column(&bytes, &file, "fold", &labels)?,
+    )
+    .await?;
+    let mut sizes = vec![0usize; a.k];
+    for &f in &split.fold {
+        sizes[f] += 1;
+    }
+    println!(
+        "wrote {} ({} rows): rows per fold {:?}",
+        a.out,
+        rows.len(),
+        sizes
+    );
+    Ok(())
+}
+
+async fn score(a: ScoreArgs) -> Result<()> {
+    let (sol, sol_file) = read_file(&a.solution).await?;
+    let (sub, sub_file) = read_file(&a.submission).await?;
+    let solution = tables::parse_prob_csv(&sol, &sol_file)?;
+    let submission = tables::parse_prob_csv(&sub, &sub_file)?;
+    let kl = metric::kaggle_kl(&solution, &sol_file, &submission, &sub_file)?;
+    println!("rows {}", solution.len());
+    println!("kl_divergence {kl}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parent_and_name;
+
+    #[test]
+    fn file_urls_split_into_root_and_name() {
+        let p = |u: &str| parent_and_name(u).unwrap();
+        assert_eq!(p("train.csv"), (".".into(), "train.csv".into()));
+        assert_eq!(p("data/train.csv"), ("data".into(), "train.csv".into()));
+        assert_eq!(p("/train.csv"), ("/".into(), "train.csv".into()));
+        assert_eq!(
+            p("s3://b/x/train.csv"),
+            ("s3://b/x".into(), "train.csv".into())
+        );
+        assert_eq!(p("s3://b/train.csv"), ("s3://b".into(), "train.csv".into()));
+        assert!(parent_and_name("s3://bucket").is_err());
+    }
+}
