@@ -77,8 +77,12 @@ pub enum Error {
     BadUrl { url: String, reason: String },
 
     /// An object that does not exist.
-    #[error("{url}: not found")]
-    NotFound { url: String },
+    #[error("{url}: not found{note}")]
+    NotFound {
+        url: String,
+        /// Extra context, e.g. " (referenced by train.csv line 7)"; may be empty.
+        note: String,
+    },
 
     /// The store refused our credentials.
     #[error(
@@ -112,6 +116,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Shorthand for [`Error::NotFound`] without a note.
+    pub fn not_found(url: impl Into<String>) -> Self {
+        Error::NotFound {
+            url: url.into(),
+            note: String::new(),
+        }
+    }
+
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(location: Location, message: impl Into<String>) -> Self {
         Error::Invalid {

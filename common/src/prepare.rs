@@ -17,6 +17,7 @@ use crate::error::{Error, Location, Result};
 use crate::hms::spectrogram::{self, Spectrogram};
 use crate::hms::tables;
 use crate::npy;
+use crate::preprocess;
 use crate::storage::Store;
 
 /// Version of the cache layout, recorded in `manifest.json`.
@@ -106,8 +107,9 @@ impl Cache {
     /// The manifest, or a clear error if the cache was never completed.
     pub async fn manifest(&self) -> Result<Manifest> {
         let bytes = self.store.get("manifest.json").await.map_err(|e| match e {
-            Error::NotFound { url } => Error::NotFound {
-                url: format!("{url} (run `hbac prepare` to complete the cache)"),
+            Error::NotFound { url, .. } => Error::NotFound {
+                url,
+                note: " (run `hbac prepare` to complete the cache)".into(),
             },
             e => e,
         })?;
@@ -120,15 +122,32 @@ impl Cache {
     }
 }
 
-/// Spectrogram ids a data set references, with the CSV line that first names each.
-async fn referenced(data: &Store, split: Split) -> Result<BTreeMap<i64, u64>> {
+/// Where a data set first references a spectrogram, and its furthest label offset.
+#[derive(Debug, Clone, Copy)]
+struct Reference {
+    /// CSV line that first names the file.
+    line: u64,
+    /// The label row with the largest window offset: (CSV line, offset in seconds).
+    furthest: Option<(u64, f64)>,
+}
+
+/// Spectrogram ids a data set references.
+async fn referenced(data: &Store, split: Split) -> Result<BTreeMap<i64, Reference>> {
     let file = data.url(split.csv());
     let mut ids = BTreeMap::new();
     match split {
         Split::Train => {
             let bytes = data.get(split.csv()).await?;
             for (i, r) in tables::parse_train_csv(&bytes, &file)?.iter().enumerate() {
-                ids.entry(r.spectrogram_id).or_insert(i as u64 + 2);
+                let line = i as u64 + 2;
+                let off = r.spectrogram_label_offset_seconds;
+                let e = ids.entry(r.spectrogram_id).or_insert(Reference {
+                    line,
+                    furthest: None,
+                });
+                if e.furthest.is_none_or(|(_, o)| off > o) {
+                    e.furthest = Some((line, off));
+                }
             }
         }
         Split::Test => {
@@ -138,7 +157,10 @@ async fn referenced(data: &Store, split: Split) -> Result<BTreeMap<i64, u64>> {
                 Err(e) => return Err(e),
             };
             for (i, r) in tables::parse_test_csv(&bytes, &file)?.iter().enumerate() {
-                ids.entry(r.spectrogram_id).or_insert(i as u64 + 2);
+                ids.entry(r.spectrogram_id).or_insert(Reference {
+                    line: i as u64 + 2,
+                    furthest: None,
+                });
             }
         }
     }
@@ -161,27 +183,29 @@ pub async fn prepare(data: &Store, cache: &Store, concurrency: usize) -> Result<
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        for (id, line) in ids {
+        for (id, reference) in ids {
             if done.contains(&format!("{id}.npy")) {
                 skipped += 1;
             } else {
-                todo.push((split, id, line));
+                todo.push((split, id, reference));
             }
         }
     }
     let bar = crate::progress::bar(todo.len() as u64, "prepare");
     let total = todo.len();
     let results: Vec<Result<(u64, u64)>> = futures::stream::iter(todo)
-        .map(|(split, id, line)| {
+        .map(|(split, id, reference)| {
             let (data, cache, bar) = (data.clone(), cache.clone(), bar.clone());
             async move {
-                let r = convert(&data, &cache, split, id)
+                let r = convert(&data, &cache, split, id, reference)
                     .await
                     .map_err(|e| match e {
-                        Error::NotFound { url } => Error::NotFound {
-                            url: format!(
-                                "{url} (referenced by {} line {line})",
-                                data.url(split.csv())
+                        Error::NotFound { url, .. } => Error::NotFound {
+                            url,
+                            note: format!(
+                                " (referenced by {} line {})",
+                                data.url(split.csv()),
+                                reference.line
                             ),
                         },
                         e => e,
@@ -229,14 +253,37 @@ pub async fn prepare(data: &Store, cache: &Store, concurrency: usize) -> Result<
     })
 }
 
-/// Reads, decodes, encodes and publishes one file; returns (bytes read, bytes written).
-async fn convert(data: &Store, cache: &Store, split: Split, id: i64) -> Result<(u64, u64)> {
+/// Reads, decodes, checks label offsets against the file's length, encodes and publishes one
+/// file; returns (bytes read, bytes written).
+async fn convert(
+    data: &Store,
+    cache: &Store,
+    split: Split,
+    id: i64,
+    reference: Reference,
+) -> Result<(u64, u64)> {
     let src = format!("{}/{id}.parquet", split.dir());
     let bytes = data.get(&src).await?;
     let n_in = bytes.len() as u64;
     let url = data.url(&src);
+    let csv = data.url(split.csv());
     let npy = tokio::task::spawn_blocking(move || {
-        spectrogram::read_spectrogram(bytes, &url).map(|s| npy::encode(&s))
+        let s = spectrogram::read_spectrogram(bytes, &url)?;
+        if let Some((line, seconds)) = reference.furthest
+            && preprocess::offset_rows(seconds) >= s.rows
+        {
+            return Err(Error::invalid(
+                Location::file(csv)
+                    .line(line)
+                    .field("spectrogram_label_offset_seconds"),
+                format!(
+                    "offset {seconds} s is past the end of {url} ({} rows = {} s)",
+                    s.rows,
+                    s.rows * 2
+                ),
+            ));
+        }
+        Ok(npy::encode(&s))
     })
     .await
     .expect("decode task panicked")?;

@@ -257,7 +257,7 @@ fn local(path: &str, root: &str, mode: Mode) -> Result<Store> {
                 reason: "is a file, expected a directory".into(),
             }
         } else {
-            Error::NotFound { url: root.into() }
+            Error::not_found(root)
         });
     }
     let fs = LocalFileSystem::new_with_prefix(p)
@@ -300,7 +300,7 @@ fn client() -> ClientOptions {
 /// Maps an `object_store` error to ours, naming the URL and keeping the whole cause chain.
 fn storage_error(url: &str, e: object_store::Error) -> Error {
     match e {
-        object_store::Error::NotFound { .. } => Error::NotFound { url: url.into() },
+        object_store::Error::NotFound { .. } => Error::not_found(url),
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => Error::AccessDenied {
             url: url.into(),

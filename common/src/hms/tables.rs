@@ -70,6 +70,7 @@ impl Table {
     fn parse(bytes: &[u8], file: &str) -> Result<Self> {
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(true)
+            .flexible(true)
             .from_reader(bytes);
         let loc = || Location::file(file);
         let header = rdr
