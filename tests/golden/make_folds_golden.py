@@ -3,7 +3,7 @@
 
 Run with scikit-learn >= 1.8 from PyPI (`pip install "scikit-learn>=1.8" pandas`):
 
-    python3 tests/golden/make_folds_golden.py
+    python3 tests/golden/make_folds_golden.py [OUT_DIR]   (default: this directory)
 
 For every data set below it writes `<name>.csv` (train.csv layout) and `<name>.json`: the
 scikit-learn version and, per (n_splits, shuffle, random_state), either the fold of each row
@@ -12,6 +12,7 @@ ValueError message scikit-learn raised. The data sets are drawn from numpy with 
 """
 import json
 import pathlib
+import sys
 import warnings
 
 import numpy as np
@@ -97,9 +98,11 @@ CASES = [
 
 
 def main():
+    out_dir = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, df in datasets():
-        df.to_csv(HERE / f"{name}.csv", index=False)
-        df = pd.read_csv(HERE / f"{name}.csv")  # exactly what the Rust side reads
+        df.to_csv(out_dir / f"{name}.csv", index=False)
+        df = pd.read_csv(out_dir / f"{name}.csv")  # exactly what the Rust side reads
         out = {"sklearn": sklearn.__version__, "numpy": np.__version__, "cases": []}
         for k, shuffle, seed in CASES:
             case = {"k": k, "shuffle": shuffle, "seed": seed}
@@ -115,7 +118,7 @@ def main():
             except ValueError as e:
                 case["error"] = str(e)
             out["cases"].append(case)
-        (HERE / f"{name}.json").write_text(json.dumps(out, separators=(",", ":")) + "\n")
+        (out_dir / f"{name}.json").write_text(json.dumps(out, separators=(",", ":")) + "\n")
         print(name, len(df), "rows", df.patient_id.nunique(), "patients")
 
 
