@@ -35,7 +35,11 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let rt = tokio::runtime::Runtime::new()?;
     let data = Store::open(&args.data)?;
     let cache_store = match &args.cache {
@@ -76,7 +80,10 @@ fn main() -> Result<()> {
     let mut specs = std::collections::HashMap::new();
     for sm in &samples {
         if !specs.contains_key(&sm.spectrogram_id) {
-            specs.insert(sm.spectrogram_id, rt.block_on(cache.load(Split::Train, sm.spectrogram_id))?);
+            specs.insert(
+                sm.spectrogram_id,
+                rt.block_on(cache.load(Split::Train, sm.spectrogram_id))?,
+            );
         }
     }
     let next = AtomicUsize::new(0);
@@ -91,14 +98,24 @@ fn main() -> Result<()> {
                         break;
                     }
                     let sm = &samples[i % samples.len()];
-                    preprocess::model_input(&specs[&sm.spectrogram_id], sm.offset_rows, "mem", &mut out).expect("window");
+                    preprocess::model_input(
+                        &specs[&sm.spectrogram_id],
+                        sm.offset_rows,
+                        "mem",
+                        &mut out,
+                    )
+                    .expect("window");
                     std::hint::black_box(&out);
                 }
             });
         }
     });
     let warm = n as f64 / start.elapsed().as_secs_f64();
-    println!("loader samples={} threads={threads} passes={}", samples.len(), args.passes);
+    println!(
+        "loader samples={} threads={threads} passes={}",
+        samples.len(),
+        args.passes
+    );
     println!("loader cold_samples_per_s {cold:.1}");
     println!("loader warm_samples_per_s {warm:.1}");
     Ok(())
