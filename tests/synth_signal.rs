@@ -136,8 +136,8 @@ async fn prior_and_knn_kl(signal: f32, name: &str) -> (f64, f64) {
             d.sort_by(|a, b| a.0.total_cmp(&b.0));
             let mut v = [0.0f64; 6];
             for &(_, j) in d.iter().take(7) {
-                for c in 0..6 {
-                    v[c] += samples[j].target[c] as f64 / 7.0;
+                for (a, t) in v.iter_mut().zip(samples[j].target) {
+                    *a += t as f64 / 7.0;
                 }
             }
             ProbRow {

@@ -79,11 +79,8 @@ fn main() -> Result<()> {
     // Warm: spectrograms in memory.
     let mut specs = std::collections::HashMap::new();
     for sm in &samples {
-        if !specs.contains_key(&sm.spectrogram_id) {
-            specs.insert(
-                sm.spectrogram_id,
-                rt.block_on(cache.load(Split::Train, sm.spectrogram_id))?,
-            );
+        if let std::collections::hash_map::Entry::Vacant(e) = specs.entry(sm.spectrogram_id) {
+            e.insert(rt.block_on(cache.load(Split::Train, sm.spectrogram_id))?);
         }
     }
     let next = AtomicUsize::new(0);
