@@ -112,7 +112,8 @@ impl Store {
                     .with_url(root)
                     .with_retry(retry())
                     .with_client_options(client());
-                Arc::new(b.build().map_err(|e| bad(chain(&e)))?)
+                let hint = "; set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or another AZURE_* credential)";
+                Arc::new(b.build().map_err(|e| bad(format!("{}{hint}", chain(&e))))?)
             }
             other => {
                 return Err(bad(format!(
@@ -332,28 +333,69 @@ fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn memory_roundtrip_and_listing() {
-        let s = Store::create("memory://storage-test/run").unwrap();
+    /// The same checks against every backend reachable without a server.
+    async fn conformance(s: Store) {
         s.put("a/x.npy", Bytes::from_static(b"1")).await.unwrap();
         s.put("a/b/y.npy", Bytes::from_static(b"22")).await.unwrap();
-        let again = Store::open("memory://storage-test/run").unwrap();
+        s.put("a/x.npy", Bytes::from_static(b"333")).await.unwrap(); // overwrite is whole
+        let again = Store::open(s.root()).unwrap();
         assert_eq!(
             again.get("a/x.npy").await.unwrap(),
-            Bytes::from_static(b"1")
+            Bytes::from_static(b"333")
         );
         let mut l = again.list("a").await.unwrap();
         l.sort();
         assert_eq!(
             l,
-            vec![("b/y.npy".to_string(), 2), ("x.npy".to_string(), 1)]
+            vec![("b/y.npy".to_string(), 2), ("x.npy".to_string(), 3)]
         );
+        assert!(again.list("nothing-here").await.unwrap().is_empty());
         assert!(again.exists("a/x.npy").await.unwrap());
         assert!(!again.exists("a/z.npy").await.unwrap());
-        assert_eq!(
-            again.sub("a").url("x.npy"),
-            "memory://storage-test/run/a/x.npy"
+        let sub = again.sub("a");
+        assert_eq!(sub.url("x.npy"), format!("{}/a/x.npy", s.root()));
+        assert_eq!(sub.get("b/y.npy").await.unwrap(), Bytes::from_static(b"22"));
+        let err = sub.get("missing.npy").await.unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with(&sub.url("missing.npy")),
+            "{err}"
         );
+        again.delete("a/x.npy").await.unwrap();
+        again.delete("a/x.npy").await.unwrap(); // deleting twice is fine
+        assert!(!again.exists("a/x.npy").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn memory_backend_conformance() {
+        conformance(Store::create("memory://storage-test/run").unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn local_backend_conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        conformance(Store::create(dir.path().join("run").to_str().unwrap()).unwrap()).await;
+        let url = format!("file://{}", dir.path().join("run2").display());
+        conformance(Store::create(&url).unwrap()).await;
+    }
+
+    #[test]
+    fn cloud_urls_open_without_network() {
+        // Builders only parse configuration; the first request is what reaches the network.
+        for url in ["s3://bucket/prefix", "gs://bucket/prefix"] {
+            let s = Store::open(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(s.url("x"), format!("{url}/x"));
+        }
+        // Azure needs an account name before anything else; the error says which variable.
+        if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+            let e = Store::open("az://container/prefix")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("az://container/prefix") && e.contains("AZURE_STORAGE_ACCOUNT_NAME"),
+                "{e}"
+            );
+        }
     }
 
     #[tokio::test]
