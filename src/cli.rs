@@ -36,6 +36,29 @@ pub enum Command {
     Folds(FoldsArgs),
     /// Score a submission with the Kaggle KL divergence; the last line is `kl_divergence <value>`.
     Score(ScoreArgs),
+    /// Inspect the model architectures.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Print the layer table and the parameter counts (Keras convention: BatchNorm running
+    /// statistics are non-trainable parameters).
+    Summary(ModelSummaryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelSummaryArgs {
+    /// mobilenetv3-large or efficientnetv2-b2.
+    #[arg(long)]
+    pub arch: hbac_worker::model::Arch,
+    /// Channel multiplier (1.0 = the published model).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    /// Outputs of the dense head.
+    #[arg(long, default_value_t = 6)]
+    pub num_classes: usize,
 }
 
 #[derive(Debug, Args)]

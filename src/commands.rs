@@ -9,7 +9,9 @@ use hbac_common::storage::Store;
 use hbac_common::synth::{self, SynthConfig};
 use tracing::{info, warn};
 
-use crate::cli::{Command, FoldsArgs, PrepareArgs, ScoreArgs, SynthArgs};
+use crate::cli::{
+    Command, FoldsArgs, ModelCommand, ModelSummaryArgs, PrepareArgs, ScoreArgs, SynthArgs,
+};
 
 /// Runs one subcommand to completion.
 pub async fn run(command: Command) -> Result<()> {
@@ -18,7 +20,54 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Prepare(a) => prepare(a).await,
         Command::Folds(a) => folds(a).await,
         Command::Score(a) => score(a).await,
+        Command::Model(ModelCommand::Summary(a)) => model_summary(a),
     }
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn model_summary(a: ModelSummaryArgs) -> Result<()> {
+    use hbac_worker::model::{ModelConfig, summary::summarize};
+    anyhow::ensure!(
+        a.width > 0.0 && a.width.is_finite(),
+        "--width must be positive"
+    );
+    let device = Default::default();
+    let cfg = ModelConfig::new(a.arch)
+        .with_width(a.width)
+        .with_num_classes(a.num_classes);
+    let model = cfg.init::<crate::backend::Cpu>(&device);
+    let s = summarize::<crate::backend::Cpu, _>(&model);
+    println!("{} (width {}, {} classes)", a.arch, a.width, a.num_classes);
+    println!(
+        "{:<46} {:>12} {:>10}  tensors",
+        "layer", "trainable", "bn stats"
+    );
+    for l in &s.layers {
+        println!(
+            "{:<46} {:>12} {:>10}  {}",
+            l.path,
+            thousands(l.trainable),
+            thousands(l.non_trainable),
+            l.tensors.join(", ")
+        );
+    }
+    println!("backbone params: {}", thousands(s.total_under("backbone")));
+    println!("total params: {}", thousands(s.total()));
+    println!("trainable params: {}", thousands(s.trainable));
+    println!("non-trainable params: {}", thousands(s.non_trainable));
+    Ok(())
 }
 
 async fn synth(a: SynthArgs) -> Result<()> {

@@ -1,5 +1,6 @@
 //! `hbac`: the single binary for every role (see `hbac --help`).
 
+mod backend;
 mod cli;
 mod commands;
 

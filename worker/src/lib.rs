@@ -1,6 +1,25 @@
 //! The hbac worker: models (MobileNetV3-Large, EfficientNetV2-B2), the data loader and
 //! augmentations, the training loop, weight import, and the worker service loop (register,
-//! lease, heartbeat, report). It never imports the coordinator.
+//! lease, heartbeat, report). It never imports the coordinator, and it is backend-generic:
+//! the `hbac` binary picks burn's CPU backend (flex) or CUDA by Cargo feature.
 //!
-//! Status: models and trainer are the next milestone (issue 3); the worker's inputs —
-//! the `.npy` cache and the reference preprocessing — live in `hbac-common`.
+//! * [`model`] — the two architectures, KerasCV-exact, and their parameter summary;
+//! * [`train`] — the reference training recipe (loss, schedule, loop).
+
+pub mod model;
+pub mod train;
+
+/// Why training could not run or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] hbac_common::Error),
+    #[error("spectrogram {0} is not loaded")]
+    MissingSpectrogram(i64),
+    #[error("the data loader stopped unexpectedly")]
+    LoaderStopped,
+    #[error("training diverged in epoch {epoch}: loss {loss}")]
+    Diverged { epoch: usize, loss: f64 },
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,174 @@
+//! EfficientNetV2-B2 as Keras/KerasCV builds it (width 1.1, depth 1.2, swish): a 3×3
+//! stride-2 stem, three Fused-MBConv stages, three MBConv stages with squeeze-excite, and a
+//! 1×1 conv to 1408 channels.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+use super::layers::{Act, BnSpec, ConvBn, ConvSpec, SqueezeExcite, make_divisible};
+
+/// One stage before scaling: fused?, expansion, output channels, repeats, stride, SE ratio.
+struct Stage(bool, usize, usize, usize, usize, f64);
+
+/// Keras' `efficientnetv2-b*` stage table (kernel 3 everywhere).
+const B_STAGES: [Stage; 6] = [
+    Stage(true, 1, 16, 1, 1, 0.0),
+    Stage(true, 4, 32, 2, 2, 0.0),
+    Stage(true, 4, 48, 2, 2, 0.0),
+    Stage(false, 4, 96, 3, 2, 0.25),
+    Stage(false, 6, 112, 5, 1, 0.25),
+    Stage(false, 6, 192, 8, 2, 0.25),
+];
+
+/// Fused-MBConv (expansion k×k conv, then 1×1 projection) or MBConv (1×1 expansion,
+/// depthwise k×k, squeeze-excite, 1×1 projection), with a residual when shapes allow.
+#[derive(Module, Debug)]
+pub struct MbBlock<B: Backend> {
+    pub expand: Option<ConvBn<B>>,
+    pub depthwise: Option<ConvBn<B>>,
+    pub se: Option<SqueezeExcite<B>>,
+    pub project: ConvBn<B>,
+    #[module(skip)]
+    pub residual: bool,
+}
+
+impl<B: Backend> MbBlock<B> {
+    fn fused(
+        cin: usize,
+        cout: usize,
+        expand: usize,
+        stride: usize,
+        bn: &BnSpec,
+        device: &B::Device,
+    ) -> Self {
+        let (expand, project) = if expand == 1 {
+            (
+                None,
+                ConvBn::new(
+                    ConvSpec::dense(cin, cout, 3, stride, Act::Swish),
+                    bn,
+                    device,
+                ),
+            )
+        } else {
+            let mid = cin * expand;
+            (
+                Some(ConvBn::new(
+                    ConvSpec::dense(cin, mid, 3, stride, Act::Swish),
+                    bn,
+                    device,
+                )),
+                ConvBn::new(ConvSpec::dense(mid, cout, 1, 1, Act::Identity), bn, device),
+            )
+        };
+        Self {
+            expand,
+            depthwise: None,
+            se: None,
+            project,
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    fn mbconv(
+        cin: usize,
+        cout: usize,
+        expand: usize,
+        stride: usize,
+        se: f64,
+        bn: &BnSpec,
+        device: &B::Device,
+    ) -> Self {
+        let mid = cin * expand;
+        Self {
+            expand: (expand != 1)
+                .then(|| ConvBn::new(ConvSpec::dense(cin, mid, 1, 1, Act::Swish), bn, device)),
+            depthwise: Some(ConvBn::new(
+                ConvSpec::depthwise(mid, 3, stride, Act::Swish),
+                bn,
+                device,
+            )),
+            se: (se > 0.0).then(|| {
+                let squeeze = ((cin as f64 * se) as usize).max(1);
+                SqueezeExcite::new(mid, squeeze, Act::Swish, Act::Sigmoid, device)
+            }),
+            project: ConvBn::new(ConvSpec::dense(mid, cout, 1, 1, Act::Identity), bn, device),
+            residual: stride == 1 && cin == cout,
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[N, cin, H, W]` → `[N, cout, H / stride, W / stride]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut y = match &self.expand {
+            Some(e) => e.forward(x.clone()),
+            None => x.clone(),
+        };
+        if let Some(d) = &self.depthwise {
+            y = d.forward(y);
+        }
+        if let Some(se) = &self.se {
+            y = se.forward(y);
+        }
+        y = self.project.forward(y);
+        if self.residual { y + x } else { y }
+    }
+}
+
+/// The EfficientNetV2 backbone.
+#[derive(Module, Debug)]
+pub struct EfficientNetV2<B: Backend> {
+    pub stem: ConvBn<B>,
+    pub blocks: Vec<MbBlock<B>>,
+    pub top: ConvBn<B>,
+}
+
+impl<B: Backend> EfficientNetV2<B> {
+    /// EfficientNetV2-B2 (width 1.1, depth 1.2), channels further scaled by `width`.
+    pub fn b2(width: f64, bn: &BnSpec, device: &B::Device) -> Self {
+        Self::new(1.1 * width, 1.2, bn, device)
+    }
+
+    /// The B-series table scaled by `width` and `depth` coefficients.
+    pub fn new(width: f64, depth: f64, bn: &BnSpec, device: &B::Device) -> Self {
+        let filters = |f: usize| make_divisible(f as f64 * width, 8);
+        let stem_out = filters(32);
+        let stem = ConvBn::new(ConvSpec::dense(3, stem_out, 3, 2, Act::Swish), bn, device);
+        let mut cin = stem_out;
+        let mut blocks = Vec::new();
+        for &Stage(fused, expand, out, repeats, stride, se) in &B_STAGES {
+            let cout = filters(out);
+            for r in 0..(depth * repeats as f64).ceil() as usize {
+                let s = if r == 0 { stride } else { 1 };
+                blocks.push(if fused {
+                    MbBlock::fused(cin, cout, expand, s, bn, device)
+                } else {
+                    MbBlock::mbconv(cin, cout, expand, s, se, bn, device)
+                });
+                cin = cout;
+            }
+        }
+        let top = ConvBn::new(
+            ConvSpec::dense(cin, filters(1280), 1, 1, Act::Swish),
+            bn,
+            device,
+        );
+        Self { stem, blocks, top }
+    }
+
+    /// Channels of the output feature map (1408 for B2).
+    pub fn out_channels(&self) -> usize {
+        self.top.bn.gamma.dims()[0]
+    }
+
+    /// # Shapes
+    /// - `x`: `[N, 3, H, W]` → `[N, 1408, H / 32, W / 32]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut x = self.stem.forward(x);
+        for b in &self.blocks {
+            x = b.forward(x);
+        }
+        self.top.forward(x)
+    }
+}

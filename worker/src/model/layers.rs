@@ -1,0 +1,164 @@
+//! Building blocks shared by both architectures: convolution + BatchNorm + activation with
+//! TensorFlow "same" padding, and squeeze-and-excitation.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::Tensor;
+use burn::tensor::activation::{hard_sigmoid, hard_swish, relu, sigmoid, silu};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::adaptive_avg_pool2d;
+
+/// BatchNorm settings in burn's convention (`running = (1 - momentum) * running + momentum * batch`).
+#[derive(Debug, Clone, Copy)]
+pub struct BnSpec {
+    pub epsilon: f64,
+    pub momentum: f64,
+}
+
+/// Activations used by the two architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Identity,
+    Relu,
+    HardSwish,
+    /// Keras' swish = SiLU.
+    Swish,
+    /// Keras MobileNetV3's `relu6(x + 3) / 6`.
+    HardSigmoid,
+    Sigmoid,
+}
+
+impl Act {
+    /// Applies the activation elementwise.
+    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Act::Identity => x,
+            Act::Relu => relu(x),
+            Act::HardSwish => hard_swish(x),
+            Act::Swish => silu(x),
+            Act::HardSigmoid => hard_sigmoid(x, 1.0 / 6.0, 0.5),
+            Act::Sigmoid => sigmoid(x),
+        }
+    }
+}
+
+/// `Conv2d` (no bias, "same" padding) → `BatchNorm` → activation.
+#[derive(Module, Debug)]
+pub struct ConvBn<B: Backend> {
+    pub conv: Conv2d<B>,
+    pub bn: BatchNorm<B>,
+    #[module(skip)]
+    pub act: Act,
+}
+
+/// Shape of a [`ConvBn`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    /// `cin` for a depthwise convolution, 1 otherwise.
+    pub groups: usize,
+    pub act: Act,
+}
+
+impl ConvSpec {
+    /// A dense convolution.
+    pub fn dense(cin: usize, cout: usize, kernel: usize, stride: usize, act: Act) -> Self {
+        Self {
+            cin,
+            cout,
+            kernel,
+            stride,
+            groups: 1,
+            act,
+        }
+    }
+
+    /// A depthwise convolution (one filter per channel).
+    pub fn depthwise(channels: usize, kernel: usize, stride: usize, act: Act) -> Self {
+        Self {
+            cin: channels,
+            cout: channels,
+            kernel,
+            stride,
+            groups: channels,
+            act,
+        }
+    }
+}
+
+impl<B: Backend> ConvBn<B> {
+    /// Builds the layer.
+    pub fn new(s: ConvSpec, bn: &BnSpec, device: &B::Device) -> Self {
+        let conv = Conv2dConfig::new([s.cin, s.cout], [s.kernel, s.kernel])
+            .with_stride([s.stride, s.stride])
+            .with_groups(s.groups)
+            .with_padding(PaddingConfig2d::Same)
+            .with_bias(false)
+            .init(device);
+        let bn = BatchNormConfig::new(s.cout)
+            .with_epsilon(bn.epsilon)
+            .with_momentum(bn.momentum)
+            .init(device);
+        Self {
+            conv,
+            bn,
+            act: s.act,
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[N, cin, H, W]` → `[N, cout, ceil(H / stride), ceil(W / stride)]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.act.apply(self.bn.forward(self.conv.forward(x)))
+    }
+}
+
+/// Squeeze-and-excitation: global pool → 1×1 conv (bias) → `inner` → 1×1 conv (bias) → `gate`,
+/// multiplied back onto the input.
+#[derive(Module, Debug)]
+pub struct SqueezeExcite<B: Backend> {
+    pub reduce: Conv2d<B>,
+    pub expand: Conv2d<B>,
+    #[module(skip)]
+    pub inner: Act,
+    #[module(skip)]
+    pub gate: Act,
+}
+
+impl<B: Backend> SqueezeExcite<B> {
+    /// `channels` → `squeeze` → `channels`.
+    pub fn new(channels: usize, squeeze: usize, inner: Act, gate: Act, device: &B::Device) -> Self {
+        Self {
+            reduce: Conv2dConfig::new([channels, squeeze], [1, 1]).init(device),
+            expand: Conv2dConfig::new([squeeze, channels], [1, 1]).init(device),
+            inner,
+            gate,
+        }
+    }
+
+    /// # Shapes
+    /// - `x`: `[N, C, H, W]` → `[N, C, H, W]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let s = adaptive_avg_pool2d(x.clone(), [1, 1]);
+        let s = self.gate.apply(
+            self.expand
+                .forward(self.inner.apply(self.reduce.forward(s))),
+        );
+        x * s
+    }
+}
+
+/// Keras' `_depth` / `round_filters`: `v` rounded to a multiple of `divisor`, never below
+/// `divisor` nor more than 10 % under `v`.
+pub fn make_divisible(v: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let mut new = ((v + d / 2.0) as usize / divisor * divisor).max(divisor);
+    if (new as f64) < 0.9 * v {
+        new += divisor;
+    }
+    new
+}

@@ -1,0 +1,7 @@
+//! The training recipe: loss, learning-rate schedule, augmentations, data feeding and the loop.
+
+pub mod augment;
+pub mod data;
+pub mod loss;
+pub mod schedule;
+pub mod trainer;
