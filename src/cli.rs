@@ -36,6 +36,10 @@ pub enum Command {
     Folds(FoldsArgs),
     /// Score a submission with the Kaggle KL divergence; the last line is `kl_divergence <value>`.
     Score(ScoreArgs),
+    /// Train one fold of one architecture on this machine (the worker's trainer, no coordinator).
+    Train(Box<TrainArgs>),
+    /// Predict the data set's test.csv with a trained job's best checkpoint.
+    Predict(PredictArgs),
     /// Inspect the model architectures.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -145,4 +149,97 @@ pub fn init_tracing(global: &Global) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OptimizerArg {
+    Adam,
+    Adamw,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Data set root (train.csv, train_spectrograms/, optional test.csv).
+    #[arg(long, env = "HBAC_DATA")]
+    pub data: String,
+    /// .npy cache root [default: <data>/cache]; missing files are converted first.
+    #[arg(long, env = "HBAC_CACHE")]
+    pub cache: Option<String>,
+    /// Output directory or URL for this job's files.
+    #[arg(long)]
+    pub out: String,
+    /// Fold held out for validation (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub fold: usize,
+    /// mobilenetv3-large or efficientnetv2-b2.
+    #[arg(long, default_value = "efficientnetv2-b2")]
+    pub arch: hbac_worker::model::Arch,
+    /// Number of folds.
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// Seed of the fold split (scikit-learn random_state, shuffle=True).
+    #[arg(long, default_value_t = 42)]
+    pub folds_seed: u64,
+    #[arg(long, default_value_t = 13)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Peak learning rate [default: 6e-6 × batch size, the reference].
+    #[arg(long)]
+    pub lr_max: Option<f64>,
+    /// Training seed (weights, shuffling, augmentations).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Probability per batch of MixUp, and of each cutout.
+    #[arg(long, default_value_t = 0.5)]
+    pub mixup_prob: f64,
+    #[arg(long, default_value_t = 0.5)]
+    pub cutout_prob: f64,
+    /// Use every labelled row (default: the first row of each spectrogram, the reference).
+    #[arg(long)]
+    pub all_rows: bool,
+    /// Train on one-hot expert_consensus (reference parity) instead of vote distributions.
+    #[arg(long)]
+    pub one_hot: bool,
+    /// Channel multiplier (< 1 for a reduced model).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    /// Average-pool the input by this factor (> 1 for a reduced-resolution model).
+    #[arg(long, default_value_t = 1)]
+    pub downsample: usize,
+    /// BatchNorm momentum, Keras convention [default: the architecture's Keras value, 0.999
+    /// for MobileNetV3, 0.9 for EfficientNetV2]; lower it for very short runs.
+    #[arg(long)]
+    pub bn_momentum: Option<f64>,
+    /// Threads building batches ahead of the training step.
+    #[arg(long, default_value_t = 2)]
+    pub loader_threads: usize,
+    /// Files read or converted at once.
+    #[arg(long, default_value_t = default_jobs())]
+    pub jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A training job's output directory (holds checkpoint.mpk and config.json).
+    #[arg(long)]
+    pub checkpoint: String,
+    /// Data set root holding test.csv and test_spectrograms/.
+    #[arg(long, env = "HBAC_DATA")]
+    pub data: String,
+    /// .npy cache root [default: <data>/cache].
+    #[arg(long, env = "HBAC_CACHE")]
+    pub cache: Option<String>,
+    /// Output submission CSV (path or URL).
+    #[arg(long, default_value = "submission.csv")]
+    pub out: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = default_jobs())]
+    pub jobs: usize,
 }

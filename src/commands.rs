@@ -10,7 +10,8 @@ use hbac_common::synth::{self, SynthConfig};
 use tracing::{info, warn};
 
 use crate::cli::{
-    Command, FoldsArgs, ModelCommand, ModelSummaryArgs, PrepareArgs, ScoreArgs, SynthArgs,
+    Command, FoldsArgs, ModelCommand, ModelSummaryArgs, OptimizerArg, PredictArgs, PrepareArgs,
+    ScoreArgs, SynthArgs, TrainArgs,
 };
 
 /// Runs one subcommand to completion.
@@ -21,6 +22,8 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Folds(a) => folds(a).await,
         Command::Score(a) => score(a).await,
         Command::Model(ModelCommand::Summary(a)) => model_summary(a),
+        Command::Train(a) => train(*a).await,
+        Command::Predict(a) => predict(a).await,
     }
 }
 
@@ -214,4 +217,144 @@ mod tests {
         assert_eq!(p("s3://b/train.csv"), ("s3://b".into(), "train.csv".into()));
         assert!(parent_and_name("s3://bucket").is_err());
     }
+}
+
+/// The cache for a data set: `--cache` or `<data>/cache`.
+fn cache_store(data: &Store, cache: &Option<String>) -> Result<Store> {
+    Ok(match cache {
+        Some(c) => Store::create(c)?,
+        None => Store::create(&data.url("cache"))?,
+    })
+}
+
+/// Progress bar per epoch and one line per finished epoch.
+struct EpochProgress {
+    bar: Option<indicatif::ProgressBar>,
+    epochs: usize,
+}
+
+impl hbac_worker::train::trainer::TrainHooks for EpochProgress {
+    fn batch(&mut self, epoch: usize, done: usize, total: usize) {
+        let bar = self.bar.get_or_insert_with(|| {
+            hbac_common::progress::bar(total as u64, &format!("epoch {}", epoch + 1))
+        });
+        bar.set_position(done as u64);
+    }
+
+    fn epoch(&mut self, r: &hbac_worker::train::trainer::EpochReport) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let valid = r.valid_kl.map_or("-".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "epoch {}/{} lr {:.3e} train_kl {:.4} valid_kl {valid}{} {:.1} samples/s {:.1} s",
+            r.epoch + 1,
+            self.epochs,
+            r.lr,
+            r.train_kl,
+            if r.best { " (best)" } else { "" },
+            r.samples_per_second,
+            r.seconds
+        );
+    }
+}
+
+async fn train(a: TrainArgs) -> Result<()> {
+    use hbac_common::preprocess::{LabelMode, SampleSelection};
+    use hbac_worker::job::{self, JobSpec};
+    use hbac_worker::model::ModelConfig;
+    use hbac_worker::train::augment::AugmentConfig;
+    use hbac_worker::train::schedule::LrSchedule;
+    use hbac_worker::train::trainer::{OptimizerKind, TrainConfig};
+
+    anyhow::ensure!(
+        a.width > 0.0 && a.downsample >= 1,
+        "--width must be positive and --downsample at least 1"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.mixup_prob) && (0.0..=1.0).contains(&a.cutout_prob),
+        "probabilities must lie in [0, 1]"
+    );
+    let data = Store::open(&a.data)?;
+    let model = ModelConfig::new(a.arch)
+        .with_width(a.width)
+        .with_downsample(a.downsample)
+        .with_bn_momentum(a.bn_momentum);
+    let mut lr = LrSchedule::reference(a.batch_size, a.epochs);
+    if let Some(max) = a.lr_max {
+        lr.max = max;
+    }
+    let augment = AugmentConfig {
+        mixup_prob: a.mixup_prob,
+        time_cutout_prob: a.cutout_prob,
+        freq_cutout_prob: a.cutout_prob,
+        ..AugmentConfig::default()
+    };
+    let cfg = TrainConfig::new(model)
+        .with_epochs(a.epochs)
+        .with_batch_size(a.batch_size)
+        .with_optimizer(match a.optimizer {
+            OptimizerArg::Adam => OptimizerKind::Adam,
+            OptimizerArg::Adamw => OptimizerKind::AdamW {
+                weight_decay: a.weight_decay,
+            },
+        })
+        .with_lr(Some(lr))
+        .with_augment(augment)
+        .with_seed(a.seed)
+        .with_loader_threads(a.loader_threads);
+    let spec = JobSpec {
+        cache: cache_store(&data, &a.cache)?,
+        out: Store::create(&a.out)?,
+        data,
+        fold: a.fold,
+        kfold: KFold {
+            k: a.k,
+            shuffle: true,
+            seed: Some(a.folds_seed),
+        },
+        selection: if a.all_rows {
+            SampleSelection::AllRows
+        } else {
+            SampleSelection::FirstPerSpectrogram
+        },
+        labels: if a.one_hot {
+            LabelMode::OneHot
+        } else {
+            LabelMode::Votes
+        },
+        train: cfg,
+        io_concurrency: a.jobs,
+    };
+    info!(arch = %a.arch, fold = a.fold, out = spec.out.root(), "training");
+    let device = Default::default();
+    let hooks = EpochProgress {
+        bar: None,
+        epochs: a.epochs,
+    };
+    let s = job::run::<burn::backend::Autodiff<crate::backend::Cpu>>(&spec, device, hooks).await?;
+    println!(
+        "best epoch {} valid_kl {:.4}; out-of-fold kaggle kl {:.4} (prior-only {:.4}); outputs in {}",
+        s.best_epoch + 1,
+        s.valid_kl,
+        s.oof_kaggle_kl,
+        s.prior_kaggle_kl,
+        spec.out.root()
+    );
+    Ok(())
+}
+
+async fn predict(a: PredictArgs) -> Result<()> {
+    use hbac_worker::job;
+    let data = Store::open(&a.data)?;
+    let cache = cache_store(&data, &a.cache)?;
+    hbac_common::prepare::prepare(&data, &cache, a.jobs).await?;
+    let device = Default::default();
+    let model =
+        job::load_checkpoint::<crate::backend::Cpu>(&Store::open(&a.checkpoint)?, &device).await?;
+    let cache = hbac_common::prepare::Cache::new(cache);
+    let rows = job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?;
+    write_file(&a.out, tables::write_prob_csv(&rows, None)).await?;
+    println!("wrote {} ({} rows)", a.out, rows.len());
+    Ok(())
 }

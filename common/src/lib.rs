@@ -11,6 +11,7 @@
 //! * [`folds`] — scikit-learn-exact `StratifiedGroupKFold`, including numpy's legacy RNG;
 //! * [`metric`] — the Kaggle KL-divergence score and the Keras KL loss;
 //! * [`synth`] — deterministic synthetic HMS data sets with learnable class signal;
+//! * [`plot`] — SVG loss-vs-epoch figures;
 //! * [`progress`] — progress bars shared by every long-running command.
 
 pub mod error;
@@ -18,6 +19,7 @@ pub mod folds;
 pub mod hms;
 pub mod metric;
 pub mod npy;
+pub mod plot;
 pub mod prepare;
 pub mod preprocess;
 pub mod progress;

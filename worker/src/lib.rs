@@ -4,8 +4,10 @@
 //! the `hbac` binary picks burn's CPU backend (flex) or CUDA by Cargo feature.
 //!
 //! * [`model`] — the two architectures, KerasCV-exact, and their parameter summary;
-//! * [`train`] — the reference training recipe (loss, schedule, loop).
+//! * [`train`] — the reference training recipe (loss, schedule, augmentations, loader, loop);
+//! * [`job`] — one (architecture, fold) job end to end, with every output published.
 
+pub mod job;
 pub mod model;
 pub mod train;
 

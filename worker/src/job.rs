@@ -1,0 +1,410 @@
+//! One training job end to end, as `hbac train` runs it and as a worker will run a leased job:
+//! make sure the `.npy` cache is complete, split with the sklearn-exact folds, load the fold's
+//! windows, train on its own thread, then publish everything under the output URL:
+//!
+//! ```text
+//! config.json     the job: data URL, fold, split, sample selection, labels, training config
+//! metrics.jsonl   one JSON line per epoch (rewritten atomically after each epoch)
+//! checkpoint.mpk  weights of the best epoch (burn named MessagePack, full precision)
+//! oof.csv         out-of-fold predictions: eeg_id, the six *_vote columns, fold, label_id
+//! test.csv        test-set predictions in the Kaggle submission format (if test.csv exists)
+//! loss.svg        train/valid KL per epoch
+//! summary.json    best epoch, validation KL, OOF Kaggle KL and the prior-only baseline
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burn::module::Module;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use futures::{StreamExt, TryStreamExt};
+use hbac_common::folds::{KFold, hms_folds};
+use hbac_common::hms::tables::{self, ProbRow};
+use hbac_common::hms::{Class, N_CLASSES};
+use hbac_common::metric;
+use hbac_common::plot::{Series, loss_svg};
+use hbac_common::prepare::{self, Cache, Split};
+use hbac_common::preprocess::{self, LabelMode, Sample, SampleSelection};
+use hbac_common::storage::Store;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::model::Model;
+use crate::train::data::WindowSet;
+use crate::train::trainer::{EpochReport, TrainConfig, TrainHooks, evaluate, train};
+
+/// What to train and where everything lives.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub data: Store,
+    pub cache: Store,
+    pub out: Store,
+    pub fold: usize,
+    pub kfold: KFold,
+    pub selection: SampleSelection,
+    pub labels: LabelMode,
+    pub train: TrainConfig,
+    /// Files read or converted at once.
+    pub io_concurrency: usize,
+}
+
+/// `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub data: String,
+    pub fold: usize,
+    pub kfold: KFold,
+    pub selection: SampleSelection,
+    pub labels: LabelMode,
+    pub train_samples: usize,
+    pub valid_samples: usize,
+    pub train: serde_json::Value,
+}
+
+/// `summary.json`: the job's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub best_epoch: usize,
+    /// Keras KL of the best epoch on the validation fold.
+    pub valid_kl: f64,
+    /// Kaggle KL of the out-of-fold predictions (rows keyed by label_id).
+    pub oof_kaggle_kl: f64,
+    /// Kaggle KL of predicting the training folds' mean target everywhere.
+    pub prior_kaggle_kl: f64,
+    pub history: Vec<EpochReport>,
+}
+
+async fn load_set(
+    cache: &Cache,
+    split: Split,
+    samples: Vec<Sample>,
+    concurrency: usize,
+) -> Result<WindowSet, TrainError> {
+    let mut ids: Vec<i64> = samples.iter().map(|s| s.spectrogram_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let spectrograms: HashMap<_, _> = futures::stream::iter(ids)
+        .map(|id| async move { cache.load(split, id).await.map(|s| (id, Arc::new(s))) })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    Ok(WindowSet {
+        samples,
+        spectrograms,
+    })
+}
+
+fn metrics_jsonl(history: &[EpochReport]) -> Vec<u8> {
+    history
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("serialisable") + "\n")
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// The job's loss figure.
+pub fn loss_figure(title: &str, history: &[EpochReport]) -> String {
+    let train = Series {
+        label: "train".into(),
+        points: history
+            .iter()
+            .map(|r| (r.epoch as f64, r.train_kl))
+            .collect(),
+        dashed: true,
+    };
+    let valid = Series {
+        label: "valid".into(),
+        points: history
+            .iter()
+            .filter_map(|r| r.valid_kl.map(|v| (r.epoch as f64, v)))
+            .collect(),
+        dashed: false,
+    };
+    loss_svg(title, &[train, valid])
+}
+
+/// Runs the job on `device`, reporting through `hooks`.
+pub async fn run<B: AutodiffBackend>(
+    spec: &JobSpec,
+    device: B::Device,
+    hooks: impl TrainHooks + Send + 'static,
+) -> Result<JobSummary, TrainError> {
+    prepare::prepare(&spec.data, &spec.cache, spec.io_concurrency).await?;
+    let cache = Cache::new(spec.cache.clone());
+    let csv_url = spec.data.url("train.csv");
+    let rows = tables::parse_train_csv(&spec.data.get("train.csv").await?, &csv_url)?;
+    let split = hms_folds(&rows, &spec.kfold)?;
+    if spec.fold >= spec.kfold.k {
+        return Err(TrainError::Config(format!(
+            "fold {} does not exist with k = {}",
+            spec.fold, spec.kfold.k
+        )));
+    }
+    let samples = preprocess::select_samples(&rows, spec.selection, spec.labels);
+    let (valid, train_samples): (Vec<Sample>, Vec<Sample>) = samples
+        .into_iter()
+        .partition(|s| split.fold[s.row] == spec.fold);
+    let train_set =
+        Arc::new(load_set(&cache, Split::Train, train_samples, spec.io_concurrency).await?);
+    let valid_set = Arc::new(load_set(&cache, Split::Train, valid, spec.io_concurrency).await?);
+    let record = JobRecord {
+        data: spec.data.root().to_string(),
+        fold: spec.fold,
+        kfold: spec.kfold,
+        selection: spec.selection,
+        labels: spec.labels,
+        train_samples: train_set.len(),
+        valid_samples: valid_set.len(),
+        train: serde_json::to_value(&spec.train).expect("serialisable"),
+    };
+    spec.out
+        .put(
+            "config.json",
+            serde_json::to_vec_pretty(&record).expect("serialisable"),
+        )
+        .await?;
+
+    // Train on a blocking thread; publish metrics.jsonl after every epoch from there.
+    let (cfg, out, handle) = (
+        spec.train.clone(),
+        spec.out.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let (tset, vset, oof_set) = (train_set.clone(), valid_set.clone(), valid_set.clone());
+    let trained = tokio::task::spawn_blocking(move || {
+        struct Publish<H> {
+            inner: H,
+            out: Store,
+            handle: tokio::runtime::Handle,
+            history: Vec<EpochReport>,
+            error: Option<hbac_common::Error>,
+        }
+        impl<H: TrainHooks> TrainHooks for Publish<H> {
+            fn batch(&mut self, e: usize, d: usize, t: usize) {
+                self.inner.batch(e, d, t)
+            }
+            fn epoch(&mut self, r: &EpochReport) {
+                self.history.push(r.clone());
+                if let Err(e) = self
+                    .handle
+                    .block_on(self.out.put("metrics.jsonl", metrics_jsonl(&self.history)))
+                {
+                    self.error.get_or_insert(e);
+                }
+                self.inner.epoch(r)
+            }
+        }
+        /// Lends the hooks to the trainer while keeping them here.
+        struct Forward<'a, H>(&'a mut H);
+        impl<H: TrainHooks> TrainHooks for Forward<'_, H> {
+            fn batch(&mut self, e: usize, d: usize, t: usize) {
+                self.0.batch(e, d, t)
+            }
+            fn epoch(&mut self, r: &EpochReport) {
+                self.0.epoch(r)
+            }
+        }
+        let mut publish = Publish {
+            inner: hooks,
+            out,
+            handle,
+            history: vec![],
+            error: None,
+        };
+        let vset = (!vset.is_empty()).then_some(vset);
+        let trained = train::<B>(&cfg, tset, vset, &device, Forward(&mut publish))?;
+        if let Some(e) = publish.error {
+            return Err(e.into());
+        }
+        let (valid_kl, oof) = match trained.history[trained.best_epoch].valid_kl {
+            Some(kl) => (
+                kl,
+                evaluate(
+                    &trained.model,
+                    &oof_set,
+                    cfg.batch_size,
+                    cfg.loader_threads,
+                    &device,
+                )?
+                .1,
+            ),
+            None => (f64::NAN, vec![]),
+        };
+        let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+            .record(trained.model.clone().into_record(), ())
+            .map_err(|e| TrainError::Config(format!("cannot encode checkpoint: {e}")))?;
+        Ok::<_, TrainError>((trained, valid_kl, oof, bytes, device))
+    })
+    .await
+    .map_err(|e| TrainError::Config(format!("training thread failed: {e}")))??;
+    let (trained, valid_kl, oof, checkpoint, device) = trained;
+    spec.out.put("checkpoint.mpk", checkpoint).await?;
+
+    // Out-of-fold predictions and their score against the prior-only baseline.
+    let targets: Vec<[f32; N_CLASSES]> = train_set.samples.iter().map(|s| s.target).collect();
+    let prior = metric::prior(&targets);
+    let solution: Vec<ProbRow> = valid_set
+        .samples
+        .iter()
+        .map(|s| ProbRow {
+            eeg_id: s.label_id,
+            values: s.target.map(f64::from),
+        })
+        .collect();
+    let (oof_kaggle_kl, prior_kaggle_kl) = if oof.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        let pred: Vec<ProbRow> = valid_set
+            .samples
+            .iter()
+            .zip(&oof)
+            .map(|(s, p)| ProbRow {
+                eeg_id: s.label_id,
+                values: p.map(f64::from),
+            })
+            .collect();
+        let base: Vec<ProbRow> = valid_set
+            .samples
+            .iter()
+            .map(|s| ProbRow {
+                eeg_id: s.label_id,
+                values: prior,
+            })
+            .collect();
+        (
+            metric::kaggle_kl(&solution, "valid", &pred, "oof")?,
+            metric::kaggle_kl(&solution, "valid", &base, "prior")?,
+        )
+    };
+    let oof_rows: Vec<ProbRow> = valid_set
+        .samples
+        .iter()
+        .zip(&oof)
+        .map(|(s, p)| ProbRow {
+            eeg_id: s.eeg_id,
+            values: p.map(f64::from),
+        })
+        .collect();
+    let mut csv = tables::write_prob_csv(
+        &oof_rows,
+        Some(("fold", &vec![spec.fold as i64; oof_rows.len()])),
+    );
+    csv = tables::append_column(
+        &csv,
+        "oof.csv",
+        "label_id",
+        &valid_set
+            .samples
+            .iter()
+            .map(|s| s.label_id.to_string())
+            .collect::<Vec<_>>(),
+    )?;
+    spec.out.put("oof.csv", csv).await?;
+
+    // Test predictions, if the data set has a test split.
+    if spec.data.exists("test.csv").await? {
+        let rows = predict_test(
+            trained.model.clone(),
+            &spec.data,
+            &cache,
+            spec.train.batch_size,
+            spec.train.loader_threads,
+            spec.io_concurrency,
+            device,
+        )
+        .await?;
+        spec.out
+            .put("test.csv", tables::write_prob_csv(&rows, None))
+            .await?;
+    }
+
+    let title = format!("{} fold {}", spec.train.model.arch, spec.fold);
+    spec.out
+        .put("loss.svg", loss_figure(&title, &trained.history))
+        .await?;
+    let summary = JobSummary {
+        best_epoch: trained.best_epoch,
+        valid_kl,
+        oof_kaggle_kl,
+        prior_kaggle_kl,
+        history: trained.history,
+    };
+    spec.out
+        .put(
+            "summary.json",
+            serde_json::to_vec_pretty(&summary).expect("serialisable"),
+        )
+        .await?;
+    Ok(summary)
+}
+
+/// Predicts every row of the data set's `test.csv` (whole 10-minute windows, offset 0):
+/// one Kaggle submission row per `eeg_id`.
+pub async fn predict_test<B: Backend>(
+    model: Model<B>,
+    data: &Store,
+    cache: &Cache,
+    batch_size: usize,
+    threads: usize,
+    concurrency: usize,
+    device: B::Device,
+) -> Result<Vec<ProbRow>, TrainError> {
+    let test_rows = tables::parse_test_csv(&data.get("test.csv").await?, &data.url("test.csv"))?;
+    let uniform = [1.0 / N_CLASSES as f32; N_CLASSES];
+    let samples: Vec<Sample> = test_rows
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Sample {
+            row: i,
+            label_id: t.eeg_id,
+            eeg_id: t.eeg_id,
+            patient_id: t.patient_id,
+            spectrogram_id: t.spectrogram_id,
+            offset_rows: 0,
+            class: Class::Other,
+            target: uniform,
+        })
+        .collect();
+    let set = Arc::new(load_set(cache, Split::Test, samples, concurrency).await?);
+    let preds = {
+        let set = set.clone();
+        tokio::task::spawn_blocking(move || {
+            evaluate(&model, &set, batch_size, threads, &device).map(|r| r.1)
+        })
+        .await
+        .map_err(|e| TrainError::Config(format!("prediction thread failed: {e}")))??
+    };
+    Ok(set
+        .samples
+        .iter()
+        .zip(&preds)
+        .map(|(s, p)| ProbRow {
+            eeg_id: s.eeg_id,
+            values: p.map(f64::from),
+        })
+        .collect())
+}
+
+/// Loads a job's best weights (`checkpoint.mpk`) and its model configuration (`config.json`)
+/// from the job's output directory.
+pub async fn load_checkpoint<B: Backend>(
+    dir: &Store,
+    device: &B::Device,
+) -> Result<Model<B>, TrainError> {
+    let record: JobRecord = serde_json::from_slice(&dir.get("config.json").await?)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", dir.url("config.json"))))?;
+    let train: TrainConfig = serde_json::from_value(record.train).map_err(|e| {
+        TrainError::Config(format!("{}: training config: {e}", dir.url("config.json")))
+    })?;
+    let bytes = dir.get("checkpoint.mpk").await?;
+    let weights = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+        .load(bytes.to_vec(), device)
+        .map_err(|e| {
+            TrainError::Config(format!(
+                "{}: not a checkpoint of this model: {e}",
+                dir.url("checkpoint.mpk")
+            ))
+        })?;
+    Ok(train.model.init::<B>(device).load_record(weights))
+}
