@@ -200,25 +200,6 @@ async fn score(a: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parent_and_name;
-
-    #[test]
-    fn file_urls_split_into_root_and_name() {
-        let p = |u: &str| parent_and_name(u).unwrap();
-        assert_eq!(p("train.csv"), (".".into(), "train.csv".into()));
-        assert_eq!(p("data/train.csv"), ("data".into(), "train.csv".into()));
-        assert_eq!(p("/train.csv"), ("/".into(), "train.csv".into()));
-        assert_eq!(
-            p("s3://b/x/train.csv"),
-            ("s3://b/x".into(), "train.csv".into())
-        );
-        assert_eq!(p("s3://b/train.csv"), ("s3://b".into(), "train.csv".into()));
-        assert!(parent_and_name("s3://bucket").is_err());
-    }
-}
-
 /// The cache for a data set: `--cache` or `<data>/cache`.
 fn cache_store(data: &Store, cache: &Option<String>) -> Result<Store> {
     Ok(match cache {
@@ -357,4 +338,23 @@ async fn predict(a: PredictArgs) -> Result<()> {
     write_file(&a.out, tables::write_prob_csv(&rows, None)).await?;
     println!("wrote {} ({} rows)", a.out, rows.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parent_and_name;
+
+    #[test]
+    fn file_urls_split_into_root_and_name() {
+        let p = |u: &str| parent_and_name(u).unwrap();
+        assert_eq!(p("train.csv"), (".".into(), "train.csv".into()));
+        assert_eq!(p("data/train.csv"), ("data".into(), "train.csv".into()));
+        assert_eq!(p("/train.csv"), ("/".into(), "train.csv".into()));
+        assert_eq!(
+            p("s3://b/x/train.csv"),
+            ("s3://b/x".into(), "train.csv".into())
+        );
+        assert_eq!(p("s3://b/train.csv"), ("s3://b".into(), "train.csv".into()));
+        assert!(parent_and_name("s3://bucket").is_err());
+    }
 }

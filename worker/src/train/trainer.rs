@@ -312,7 +312,7 @@ mod tests {
         let device = Default::default();
         let cfg = tiny(Arch::MobileNetV3Large).with_epochs(60);
         let mut first = None;
-        let trained = train::<B>(&cfg, set.clone(), None, &device, |r| {
+        let trained = train::<B>(&cfg, set.clone(), None, &device, |r: &EpochReport| {
             first.get_or_insert(r.train_kl);
         })
         .unwrap();
@@ -334,8 +334,8 @@ mod tests {
             .with_epochs(2)
             .with_batch_size(3)
             .with_augment(AugmentConfig::default());
-        let a = train::<B>(&cfg, set.clone(), Some(set.clone()), &device, |_| {}).unwrap();
-        let b = train::<B>(&cfg, set.clone(), Some(set.clone()), &device, |_| {}).unwrap();
+        let a = train::<B>(&cfg, set.clone(), Some(set.clone()), &device, NoHooks).unwrap();
+        let b = train::<B>(&cfg, set.clone(), Some(set.clone()), &device, NoHooks).unwrap();
         let kl = |t: &Trained<burn::backend::Flex>| {
             t.history
                 .iter()
