@@ -71,17 +71,21 @@ fn a_reduced_mobilenet_learns_the_synthetic_classes() {
     assert!(svg.starts_with("<svg") && svg.contains("valid"));
     let config: Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
-    let oof_rows = parse_prob_csv(&std::fs::read(out.join("oof.csv")).unwrap(), "oof.csv").unwrap();
+    // With every labelled row, eeg_ids repeat in oof.csv (label_id is the row key).
+    let oof = std::fs::read_to_string(out.join("oof.csv")).unwrap();
+    let mut lines = oof.lines();
     assert_eq!(
-        oof_rows.len() as u64,
-        config["valid_samples"].as_u64().unwrap()
+        lines.next().unwrap(),
+        "eeg_id,seizure_vote,lpd_vote,gpd_vote,lrda_vote,grda_vote,other_vote,fold,label_id"
     );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len() as u64, config["valid_samples"].as_u64().unwrap());
     assert!(
-        oof_rows
-            .iter()
-            .all(|r| (r.values.iter().sum::<f64>() - 1.0).abs() < 1e-4)
+        rows.iter()
+            .all(|r| (r[1..7].iter().sum::<f64>() - 1.0).abs() < 1e-4 && r[7] == 0.0)
     );
-
     // The checkpoint reproduces the test predictions written by train.
     let sub = tmp.path().join("submission.csv");
     ok(&[
