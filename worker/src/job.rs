@@ -124,6 +124,22 @@ pub fn loss_figure(title: &str, history: &[EpochReport]) -> String {
     loss_svg(title, &[train, valid])
 }
 
+/// Prediction rows keyed by `key` (`label_id` for scoring, `eeg_id` for Kaggle files).
+fn prob_rows(
+    samples: &[Sample],
+    preds: &[[f32; N_CLASSES]],
+    key: fn(&Sample) -> i64,
+) -> Vec<ProbRow> {
+    samples
+        .iter()
+        .zip(preds)
+        .map(|(s, p)| ProbRow {
+            eeg_id: key(s),
+            values: p.map(f64::from),
+        })
+        .collect()
+}
+
 /// Runs the job on `device`, reporting through `hooks`.
 pub async fn run<B: AutodiffBackend>(
     spec: &JobSpec,
@@ -244,31 +260,17 @@ pub async fn run<B: AutodiffBackend>(
     // Out-of-fold predictions and their score against the prior-only baseline.
     let targets: Vec<[f32; N_CLASSES]> = train_set.samples.iter().map(|s| s.target).collect();
     let prior = metric::prior(&targets);
-    let solution: Vec<ProbRow> = valid_set
-        .samples
-        .iter()
-        .map(|s| ProbRow {
-            eeg_id: s.label_id,
-            values: s.target.map(f64::from),
-        })
-        .collect();
+    let label_id = |s: &Sample| s.label_id;
+    let valid_targets: Vec<[f32; N_CLASSES]> = valid_set.samples.iter().map(|s| s.target).collect();
+    let solution = prob_rows(&valid_set.samples, &valid_targets, label_id);
     let (oof_kaggle_kl, prior_kaggle_kl) = if oof.is_empty() {
         (f64::NAN, f64::NAN)
     } else {
-        let pred: Vec<ProbRow> = valid_set
-            .samples
+        let pred = prob_rows(&valid_set.samples, &oof, label_id);
+        let base: Vec<ProbRow> = solution
             .iter()
-            .zip(&oof)
-            .map(|(s, p)| ProbRow {
-                eeg_id: s.label_id,
-                values: p.map(f64::from),
-            })
-            .collect();
-        let base: Vec<ProbRow> = valid_set
-            .samples
-            .iter()
-            .map(|s| ProbRow {
-                eeg_id: s.label_id,
+            .map(|r| ProbRow {
+                eeg_id: r.eeg_id,
                 values: prior,
             })
             .collect();
@@ -277,15 +279,7 @@ pub async fn run<B: AutodiffBackend>(
             metric::kaggle_kl(&solution, "valid", &base, "prior")?,
         )
     };
-    let oof_rows: Vec<ProbRow> = valid_set
-        .samples
-        .iter()
-        .zip(&oof)
-        .map(|(s, p)| ProbRow {
-            eeg_id: s.eeg_id,
-            values: p.map(f64::from),
-        })
-        .collect();
+    let oof_rows = prob_rows(&valid_set.samples, &oof, |s| s.eeg_id);
     let mut csv = tables::write_prob_csv(
         &oof_rows,
         Some(("fold", &vec![spec.fold as i64; oof_rows.len()])),
@@ -375,15 +369,7 @@ pub async fn predict_test<B: Backend>(
         .await
         .map_err(|e| TrainError::Config(format!("prediction thread failed: {e}")))??
     };
-    Ok(set
-        .samples
-        .iter()
-        .zip(&preds)
-        .map(|(s, p)| ProbRow {
-            eeg_id: s.eeg_id,
-            values: p.map(f64::from),
-        })
-        .collect())
+    Ok(prob_rows(&set.samples, &preds, |s| s.eeg_id))
 }
 
 /// Loads a job's best weights (`checkpoint.mpk`) and its model configuration (`config.json`)

@@ -53,28 +53,13 @@ fn main() -> Result<()> {
     let n = samples.len() * args.passes;
 
     // Cold: read + decode + window + normalise per sample.
-    let next = AtomicUsize::new(0);
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut out = vec![0.0f32; INPUT_LEN];
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
-                    let sm = &samples[i % samples.len()];
-                    let key = Cache::key(Split::Train, sm.spectrogram_id);
-                    let bytes = rt.block_on(cache_store.get(&key)).expect("cached");
-                    let spec = npy::decode(&bytes, &key).expect("valid npy");
-                    preprocess::model_input(&spec, sm.offset_rows, &key, &mut out).expect("window");
-                    std::hint::black_box(&out);
-                }
-            });
-        }
+    let cold = per_second(n, threads, |i, out| {
+        let sm = &samples[i % samples.len()];
+        let key = Cache::key(Split::Train, sm.spectrogram_id);
+        let bytes = rt.block_on(cache_store.get(&key)).expect("cached");
+        let spec = npy::decode(&bytes, &key).expect("valid npy");
+        preprocess::model_input(&spec, sm.offset_rows, &key, out).expect("window");
     });
-    let cold = n as f64 / start.elapsed().as_secs_f64();
 
     // Warm: spectrograms in memory.
     let mut specs = std::collections::HashMap::new();
@@ -83,6 +68,24 @@ fn main() -> Result<()> {
             e.insert(rt.block_on(cache.load(Split::Train, sm.spectrogram_id))?);
         }
     }
+    let warm = per_second(n, threads, |i, out| {
+        let sm = &samples[i % samples.len()];
+        preprocess::model_input(&specs[&sm.spectrogram_id], sm.offset_rows, "mem", out)
+            .expect("window");
+    });
+
+    println!(
+        "loader samples={} threads={threads} passes={}",
+        samples.len(),
+        args.passes
+    );
+    println!("loader cold_samples_per_s {cold:.1}");
+    println!("loader warm_samples_per_s {warm:.1}");
+    Ok(())
+}
+
+/// Runs `work(i, buffer)` for `i` in `0..n` on `threads` threads; returns items per second.
+fn per_second(n: usize, threads: usize, work: impl Fn(usize, &mut [f32]) + Sync) -> f64 {
     let next = AtomicUsize::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -94,26 +97,11 @@ fn main() -> Result<()> {
                     if i >= n {
                         break;
                     }
-                    let sm = &samples[i % samples.len()];
-                    preprocess::model_input(
-                        &specs[&sm.spectrogram_id],
-                        sm.offset_rows,
-                        "mem",
-                        &mut out,
-                    )
-                    .expect("window");
+                    work(i, &mut out);
                     std::hint::black_box(&out);
                 }
             });
         }
     });
-    let warm = n as f64 / start.elapsed().as_secs_f64();
-    println!(
-        "loader samples={} threads={threads} passes={}",
-        samples.len(),
-        args.passes
-    );
-    println!("loader cold_samples_per_s {cold:.1}");
-    println!("loader warm_samples_per_s {warm:.1}");
-    Ok(())
+    n as f64 / start.elapsed().as_secs_f64()
 }
