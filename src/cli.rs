@@ -219,6 +219,9 @@ pub struct TrainArgs {
     /// Threads building batches ahead of the training step.
     #[arg(long, default_value_t = 2)]
     pub loader_threads: usize,
+    /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
+    #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
+    pub device: crate::backend::DeviceKind,
     /// Files read or converted at once.
     #[arg(long, default_value_t = default_jobs())]
     pub jobs: usize,
@@ -242,4 +245,7 @@ pub struct PredictArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = default_jobs())]
     pub jobs: usize,
+    /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
+    #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
+    pub device: crate::backend::DeviceKind,
 }

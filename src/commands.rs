@@ -9,6 +9,7 @@ use hbac_common::storage::Store;
 use hbac_common::synth::{self, SynthConfig};
 use tracing::{info, warn};
 
+use crate::backend::DeviceKind;
 use crate::cli::{
     Command, FoldsArgs, ModelCommand, ModelSummaryArgs, OptimizerArg, PredictArgs, PrepareArgs,
     ScoreArgs, SynthArgs, TrainArgs,
@@ -307,13 +308,35 @@ async fn train(a: TrainArgs) -> Result<()> {
         train: cfg,
         io_concurrency: a.jobs,
     };
-    info!(arch = %a.arch, fold = a.fold, out = spec.out.root(), "training");
-    let device = Default::default();
+    info!(arch = %a.arch, fold = a.fold, out = spec.out.root(), device = ?a.device, "training");
     let hooks = EpochProgress {
         bar: None,
         epochs: a.epochs,
     };
-    let s = job::run::<burn::backend::Autodiff<crate::backend::Cpu>>(&spec, device, hooks).await?;
+    let s = match a.device {
+        DeviceKind::Cpu => {
+            job::run::<burn::backend::Autodiff<crate::backend::Cpu>>(
+                &spec,
+                Default::default(),
+                hooks,
+            )
+            .await?
+        }
+        DeviceKind::Cuda => {
+            crate::backend::check_cuda()?;
+            #[cfg(feature = "cuda")]
+            {
+                job::run::<burn::backend::Autodiff<crate::backend::Gpu>>(
+                    &spec,
+                    Default::default(),
+                    hooks,
+                )
+                .await?
+            }
+            #[cfg(not(feature = "cuda"))]
+            unreachable!("check_cuda refuses builds without the cuda feature")
+        }
+    };
     println!(
         "best epoch {} valid_kl {:.4}; out-of-fold kaggle kl {:.4} (prior-only {:.4}); outputs in {}",
         s.best_epoch + 1,
@@ -330,11 +353,26 @@ async fn predict(a: PredictArgs) -> Result<()> {
     let data = Store::open(&a.data)?;
     let cache = cache_store(&data, &a.cache)?;
     hbac_common::prepare::prepare(&data, &cache, a.jobs).await?;
-    let device = Default::default();
-    let model =
-        job::load_checkpoint::<crate::backend::Cpu>(&Store::open(&a.checkpoint)?, &device).await?;
+    let dir = Store::open(&a.checkpoint)?;
     let cache = hbac_common::prepare::Cache::new(cache);
-    let rows = job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?;
+    let rows = match a.device {
+        DeviceKind::Cpu => {
+            let device = Default::default();
+            let model = job::load_checkpoint::<crate::backend::Cpu>(&dir, &device).await?;
+            job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
+        }
+        DeviceKind::Cuda => {
+            crate::backend::check_cuda()?;
+            #[cfg(feature = "cuda")]
+            {
+                let device = Default::default();
+                let model = job::load_checkpoint::<crate::backend::Gpu>(&dir, &device).await?;
+                job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
+            }
+            #[cfg(not(feature = "cuda"))]
+            unreachable!("check_cuda refuses builds without the cuda feature")
+        }
+    };
     write_file(&a.out, tables::write_prob_csv(&rows, None)).await?;
     println!("wrote {} ({} rows)", a.out, rows.len());
     Ok(())
