@@ -6,7 +6,9 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::layers::{Act, BnSpec, ConvBn, ConvSpec, SqueezeExcite, make_divisible};
+use super::layers::{
+    Act, BnSpec, ConvBn, ConvSpec, InvertedResidual, SqueezeExcite, make_divisible,
+};
 
 /// One stage before scaling: fused?, expansion, output channels, repeats, stride, SE ratio.
 struct Stage(bool, usize, usize, usize, usize, f64);
@@ -21,19 +23,9 @@ const B_STAGES: [Stage; 6] = [
     Stage(false, 6, 192, 8, 2, 0.25),
 ];
 
-/// Fused-MBConv (expansion k×k conv, then 1×1 projection) or MBConv (1×1 expansion,
-/// depthwise k×k, squeeze-excite, 1×1 projection), with a residual when shapes allow.
-#[derive(Module, Debug)]
-pub struct MbBlock<B: Backend> {
-    pub expand: Option<ConvBn<B>>,
-    pub depthwise: Option<ConvBn<B>>,
-    pub se: Option<SqueezeExcite<B>>,
-    pub project: ConvBn<B>,
-    #[module(skip)]
-    pub residual: bool,
-}
-
-impl<B: Backend> MbBlock<B> {
+/// Fused-MBConv (k×k expansion conv, then 1×1 projection) and MBConv (1×1 expansion, depthwise
+/// k×k, squeeze-excite, 1×1 projection) as [`InvertedResidual`] blocks.
+impl<B: Backend> InvertedResidual<B> {
     fn fused(
         cin: usize,
         cout: usize,
@@ -97,30 +89,13 @@ impl<B: Backend> MbBlock<B> {
             residual: stride == 1 && cin == cout,
         }
     }
-
-    /// # Shapes
-    /// - `x`: `[N, cin, H, W]` → `[N, cout, H / stride, W / stride]`
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut y = match &self.expand {
-            Some(e) => e.forward(x.clone()),
-            None => x.clone(),
-        };
-        if let Some(d) = &self.depthwise {
-            y = d.forward(y);
-        }
-        if let Some(se) = &self.se {
-            y = se.forward(y);
-        }
-        y = self.project.forward(y);
-        if self.residual { y + x } else { y }
-    }
 }
 
 /// The EfficientNetV2 backbone.
 #[derive(Module, Debug)]
 pub struct EfficientNetV2<B: Backend> {
     pub stem: ConvBn<B>,
-    pub blocks: Vec<MbBlock<B>>,
+    pub blocks: Vec<InvertedResidual<B>>,
     pub top: ConvBn<B>,
 }
 
@@ -142,9 +117,9 @@ impl<B: Backend> EfficientNetV2<B> {
             for r in 0..(depth * repeats as f64).ceil() as usize {
                 let s = if r == 0 { stride } else { 1 };
                 blocks.push(if fused {
-                    MbBlock::fused(cin, cout, expand, s, bn, device)
+                    InvertedResidual::fused(cin, cout, expand, s, bn, device)
                 } else {
-                    MbBlock::mbconv(cin, cout, expand, s, se, bn, device)
+                    InvertedResidual::mbconv(cin, cout, expand, s, se, bn, device)
                 });
                 cin = cout;
             }

@@ -152,6 +152,38 @@ impl<B: Backend> SqueezeExcite<B> {
     }
 }
 
+/// The inverted-residual family both backbones are made of: optional expansion conv, optional
+/// depthwise conv, optional squeeze-excite, projection conv, and a residual when shapes allow.
+/// MBConv has all parts; Fused-MBConv has no depthwise conv (its expansion is a k×k conv).
+#[derive(Module, Debug)]
+pub struct InvertedResidual<B: Backend> {
+    pub expand: Option<ConvBn<B>>,
+    pub depthwise: Option<ConvBn<B>>,
+    pub se: Option<SqueezeExcite<B>>,
+    pub project: ConvBn<B>,
+    #[module(skip)]
+    pub residual: bool,
+}
+
+impl<B: Backend> InvertedResidual<B> {
+    /// # Shapes
+    /// - `x`: `[N, cin, H, W]` → `[N, cout, H / stride, W / stride]`
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let mut y = match &self.expand {
+            Some(e) => e.forward(x.clone()),
+            None => x.clone(),
+        };
+        if let Some(d) = &self.depthwise {
+            y = d.forward(y);
+        }
+        if let Some(se) = &self.se {
+            y = se.forward(y);
+        }
+        y = self.project.forward(y);
+        if self.residual { y + x } else { y }
+    }
+}
+
 /// Keras' `_depth` / `round_filters`: `v` rounded to a multiple of `divisor`, never below
 /// `divisor` nor more than 10 % under `v`.
 pub fn make_divisible(v: f64, divisor: usize) -> usize {

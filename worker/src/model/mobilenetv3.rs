@@ -6,7 +6,9 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::layers::{Act, BnSpec, ConvBn, ConvSpec, SqueezeExcite, make_divisible};
+use super::layers::{
+    Act, BnSpec, ConvBn, ConvSpec, InvertedResidual, SqueezeExcite, make_divisible,
+};
 
 /// One block: kernel, expansion ratio, output channels, squeeze-excite, activation, stride.
 struct Block(usize, f64, usize, bool, Act, usize);
@@ -31,35 +33,6 @@ const LARGE: [Block; 15] = [
     Block(5, 6.0, 160, true, Act::HardSwish, 1),
 ];
 
-/// Expand (1×1) → depthwise (k×k, stride) → squeeze-excite → project (1×1), with a residual
-/// when shapes allow.
-#[derive(Module, Debug)]
-pub struct InvertedResidual<B: Backend> {
-    pub expand: Option<ConvBn<B>>,
-    pub depthwise: ConvBn<B>,
-    pub se: Option<SqueezeExcite<B>>,
-    pub project: ConvBn<B>,
-    #[module(skip)]
-    pub residual: bool,
-}
-
-impl<B: Backend> InvertedResidual<B> {
-    /// # Shapes
-    /// - `x`: `[N, cin, H, W]` → `[N, cout, H / stride, W / stride]`
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut y = match &self.expand {
-            Some(e) => e.forward(x.clone()),
-            None => x.clone(),
-        };
-        y = self.depthwise.forward(y);
-        if let Some(se) = &self.se {
-            y = se.forward(y);
-        }
-        y = self.project.forward(y);
-        if self.residual { y + x } else { y }
-    }
-}
-
 /// The MobileNetV3-Large backbone.
 #[derive(Module, Debug)]
 pub struct MobileNetV3<B: Backend> {
@@ -82,7 +55,11 @@ impl<B: Backend> MobileNetV3<B> {
             let mid = if i > 0 { expanded } else { cin };
             blocks.push(InvertedResidual {
                 expand,
-                depthwise: ConvBn::new(ConvSpec::depthwise(mid, k, stride, act), bn, device),
+                depthwise: Some(ConvBn::new(
+                    ConvSpec::depthwise(mid, k, stride, act),
+                    bn,
+                    device,
+                )),
                 se: se.then(|| {
                     SqueezeExcite::new(
                         mid,
