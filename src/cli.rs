@@ -219,6 +219,10 @@ pub struct TrainArgs {
     /// Threads building batches ahead of the training step.
     #[arg(long, default_value_t = 2)]
     pub loader_threads: usize,
+    /// ImageNet weights for the backbone: timm's tf_mobilenetv3_large_100 or
+    /// tf_efficientnetv2_b2 state dict (.safetensors or .pth), a path or URL.
+    #[arg(long, env = "HBAC_PRETRAINED")]
+    pub pretrained: Option<String>,
     /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
     #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
     pub device: crate::backend::DeviceKind,

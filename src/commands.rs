@@ -284,7 +284,8 @@ async fn train(a: TrainArgs) -> Result<()> {
         .with_lr(Some(lr))
         .with_augment(augment)
         .with_seed(a.seed)
-        .with_loader_threads(a.loader_threads);
+        .with_loader_threads(a.loader_threads)
+        .with_pretrained(a.pretrained);
     let spec = JobSpec {
         cache: cache_store(&data, &a.cache)?,
         out: Store::create(&a.out)?,

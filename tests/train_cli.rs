@@ -150,3 +150,87 @@ fn efficientnet_trains_end_to_end_with_the_full_recipe() {
         "fold column is 1"
     );
 }
+
+fn timm_fixture(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/timm")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn training_starts_from_timm_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("data"), 12, 5);
+    let out = tmp.path().join("run");
+    let weights = timm_fixture("mobilenetv3-large.safetensors");
+    // The committed fixture is timm's MobileNetV3 at width 0.35.
+    ok(&[
+        "train",
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+        "--arch",
+        "mobilenetv3-large",
+        "--width",
+        "0.35",
+        "--downsample",
+        "8",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--loader-threads",
+        "1",
+        "--pretrained",
+        &weights,
+    ]);
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["train"]["pretrained"], Value::from(weights));
+    assert!(out.join("checkpoint.mpk").exists());
+}
+
+#[test]
+fn weights_that_do_not_fit_fail_before_any_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("data"), 12, 5);
+    let out = tmp.path().join("run");
+    let weights = timm_fixture("efficientnetv2-b2.pth");
+    let base = [
+        "train",
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+        "--arch",
+        "efficientnetv2-b2",
+        "--epochs",
+        "1",
+    ];
+    // Full width against the width-0.25 file: the first shape problem is named by key.
+    let mut args = base.to_vec();
+    args.extend(["--pretrained", &weights]);
+    let err = common::fails(&args, &[]);
+    assert!(
+        err.contains("efficientnetv2-b2.pth does not fit efficientnetv2-b2 (width 1)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`conv_stem.weight` has shape [8, 3, 3, 3]"),
+        "{err}"
+    );
+    // A missing file is named.
+    let mut args = base.to_vec();
+    let missing = tmp.path().join("nope.safetensors");
+    args.extend(["--pretrained", missing.to_str().unwrap()]);
+    let err = common::fails(&args, &[]);
+    assert!(err.contains("nope.safetensors"), "{err}");
+    assert!(
+        common::files(&out).is_empty(),
+        "nothing written: {:?}",
+        common::files(&out)
+    );
+}

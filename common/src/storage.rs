@@ -172,6 +172,17 @@ impl Store {
         res.bytes().await.map_err(|e| storage_error(&url, e))
     }
 
+    /// Reads the single object at `url` (a local path or any supported URL).
+    pub async fn read_url(url: &str) -> Result<Bytes> {
+        let url = url.trim_end_matches('/');
+        let (parent, name) = match url.rsplit_once('/') {
+            Some((p, n)) if !p.is_empty() && !p.ends_with(':') && !p.ends_with("//") => (p, n),
+            Some(("", n)) => ("/", n),
+            _ => (".", url),
+        };
+        Self::open(parent)?.get(name).await
+    }
+
     /// Writes a whole object atomically: readers see the old object, nothing, or all of it.
     pub async fn put(&self, key: &str, bytes: impl Into<Bytes>) -> Result<()> {
         let url = self.url(key);

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::model::Model;
+use crate::model::pretrained::Pretrained;
 use crate::train::data::WindowSet;
 use crate::train::trainer::{EpochReport, TrainConfig, TrainHooks, evaluate, train};
 
@@ -146,6 +147,16 @@ pub async fn run<B: AutodiffBackend>(
     device: B::Device,
     hooks: impl TrainHooks + Send + 'static,
 ) -> Result<JobSummary, TrainError> {
+    // Weights first: a bad file fails the job before any data work.
+    let init = match &spec.train.pretrained {
+        Some(url) => {
+            let weights = Pretrained::parse(url, Store::read_url(url).await?.to_vec())?;
+            let m = &spec.train.model;
+            weights.apply(m.init::<B::InnerBackend>(&device), m)?;
+            Some(weights)
+        }
+        None => None,
+    };
     prepare::prepare(&spec.data, &spec.cache, spec.io_concurrency).await?;
     let cache = Cache::new(spec.cache.clone());
     let csv_url = spec.data.url("train.csv");
@@ -229,7 +240,14 @@ pub async fn run<B: AutodiffBackend>(
             error: None,
         };
         let vset = (!vset.is_empty()).then_some(vset);
-        let trained = train::<B>(&cfg, tset, vset, &device, Forward(&mut publish))?;
+        let trained = train::<B>(
+            &cfg,
+            tset,
+            vset,
+            init.as_ref(),
+            &device,
+            Forward(&mut publish),
+        )?;
         if let Some(e) = publish.error {
             return Err(e.into());
         }

@@ -24,4 +24,6 @@ pub enum TrainError {
     Diverged { epoch: usize, loss: f64 },
     #[error("invalid training configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Weights(#[from] crate::model::pretrained::ImportError),
 }

@@ -97,6 +97,9 @@ pub struct EfficientNetV2<B: Backend> {
     pub stem: ConvBn<B>,
     pub blocks: Vec<InvertedResidual<B>>,
     pub top: ConvBn<B>,
+    /// Blocks per stage (the table's repeats scaled by the depth coefficient).
+    #[module(skip)]
+    pub stages: Vec<usize>,
 }
 
 impl<B: Backend> EfficientNetV2<B> {
@@ -112,9 +115,12 @@ impl<B: Backend> EfficientNetV2<B> {
         let stem = ConvBn::new(ConvSpec::dense(3, stem_out, 3, 2, Act::Swish), bn, device);
         let mut cin = stem_out;
         let mut blocks = Vec::new();
+        let mut stages = Vec::with_capacity(B_STAGES.len());
         for &Stage(fused, expand, out, repeats, stride, se) in &B_STAGES {
             let cout = filters(out);
-            for r in 0..(depth * repeats as f64).ceil() as usize {
+            let repeats = (depth * repeats as f64).ceil() as usize;
+            stages.push(repeats);
+            for r in 0..repeats {
                 let s = if r == 0 { stride } else { 1 };
                 blocks.push(if fused {
                     InvertedResidual::fused(cin, cout, expand, s, bn, device)
@@ -129,7 +135,12 @@ impl<B: Backend> EfficientNetV2<B> {
             bn,
             device,
         );
-        Self { stem, blocks, top }
+        Self {
+            stem,
+            blocks,
+            top,
+            stages,
+        }
     }
 
     /// Channels of the output feature map (1408 for B2).

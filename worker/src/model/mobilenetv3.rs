@@ -33,6 +33,10 @@ const LARGE: [Block; 15] = [
     Block(5, 6.0, 160, true, Act::HardSwish, 1),
 ];
 
+/// Blocks per stage of [`LARGE`] (stages end where the output width or stride changes, as
+/// timm groups them); the last 1×1 conv is a stage of its own after these.
+pub const STAGES: [usize; 6] = [1, 2, 3, 4, 2, 3];
+
 /// The MobileNetV3-Large backbone.
 #[derive(Module, Debug)]
 pub struct MobileNetV3<B: Backend> {

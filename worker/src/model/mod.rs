@@ -9,6 +9,7 @@
 pub mod efficientnetv2;
 pub mod layers;
 pub mod mobilenetv3;
+pub mod pretrained;
 pub mod summary;
 
 use burn::config::Config;
@@ -43,6 +44,14 @@ impl Arch {
         match self {
             Arch::MobileNetV3Large => "mobilenetv3-large",
             Arch::EfficientNetV2B2 => "efficientnetv2-b2",
+        }
+    }
+
+    /// timm's name for the same network with the TF-ported ImageNet weights.
+    pub fn timm_name(self) -> &'static str {
+        match self {
+            Arch::MobileNetV3Large => "tf_mobilenetv3_large_100",
+            Arch::EfficientNetV2B2 => "tf_efficientnetv2_b2",
         }
     }
 

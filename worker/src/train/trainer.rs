@@ -24,6 +24,7 @@ use super::augment::{AugmentConfig, augment};
 use super::loss::keras_kl;
 use super::schedule::LrSchedule;
 use crate::TrainError;
+use crate::model::pretrained::Pretrained;
 use crate::model::{Model, ModelConfig};
 use crate::train::data::{HostBatch, WindowSet, prefetch};
 
@@ -57,6 +58,9 @@ pub struct TrainConfig {
     /// Loader threads building batches ahead of the training step.
     #[config(default = 2)]
     pub loader_threads: usize,
+    /// timm ImageNet weights the backbone starts from (file or URL); `None`: random init.
+    #[config(default = "None")]
+    pub pretrained: Option<String>,
 }
 
 impl TrainConfig {
@@ -124,11 +128,13 @@ fn batches(order: &[usize], size: usize) -> Vec<Vec<usize>> {
 }
 
 /// Trains `cfg.model` on `train`, validating on `valid` after every epoch; `hooks` see progress
-/// and each epoch's report as soon as it exists. Deterministic for a given seed and backend.
+/// and each epoch's report as soon as it exists. The backbone starts from `init` when given
+/// (the weights `cfg.pretrained` names). Deterministic for a given seed and backend.
 pub fn train<B: AutodiffBackend>(
     cfg: &TrainConfig,
     train: Arc<WindowSet>,
     valid: Option<Arc<WindowSet>>,
+    init: Option<&Pretrained>,
     device: &B::Device,
     mut hooks: impl TrainHooks,
 ) -> Result<Trained<B::InnerBackend>, TrainError> {
@@ -151,6 +157,9 @@ pub fn train<B: AutodiffBackend>(
         let _ = burn::module::Module::num_params(&model);
         model
     };
+    if let Some(weights) = init {
+        model = weights.apply(model, &cfg.model)?;
+    }
     let schedule = cfg.schedule();
     let mut adam;
     let mut adamw;
@@ -312,7 +321,7 @@ mod tests {
         let device = Default::default();
         let cfg = tiny(Arch::MobileNetV3Large).with_epochs(60);
         let mut first = None;
-        let trained = train::<B>(&cfg, set.clone(), None, &device, |r: &EpochReport| {
+        let trained = train::<B>(&cfg, set.clone(), None, None, &device, |r: &EpochReport| {
             first.get_or_insert(r.train_kl);
         })
         .unwrap();
@@ -334,8 +343,8 @@ mod tests {
             .with_epochs(2)
             .with_batch_size(3)
             .with_augment(AugmentConfig::default());
-        let a = train::<B>(&cfg, set.clone(), Some(set.clone()), &device, NoHooks).unwrap();
-        let b = train::<B>(&cfg, set.clone(), Some(set.clone()), &device, NoHooks).unwrap();
+        let a = train::<B>(&cfg, set.clone(), Some(set.clone()), None, &device, NoHooks).unwrap();
+        let b = train::<B>(&cfg, set.clone(), Some(set.clone()), None, &device, NoHooks).unwrap();
         let kl = |t: &Trained<burn::backend::Flex>| {
             t.history
                 .iter()
