@@ -5,6 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded; nothing else reads the environment here.
     unsafe { std::env::set_var("PROTOC", protoc) };
     println!("cargo:rerun-if-changed=../proto/hbac.proto");
-    tonic_prost_build::configure().compile_protos(&["../proto/hbac.proto"], &["../proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        // For gRPC server reflection on the coordinator.
+        .file_descriptor_set_path(out.join("hbac_descriptor.bin"))
+        .compile_protos(&["../proto/hbac.proto"], &["../proto"])?;
     Ok(())
 }

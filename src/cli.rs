@@ -43,6 +43,15 @@ pub enum Command {
     /// Inspect the model architectures.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Run a whole cross-validation on this machine: a coordinator and N in-process workers
+    /// over gRPC on loopback. With no flags: a synthetic data set and a CPU-sized recipe.
+    Local(Box<LocalArgs>),
+    /// Serve a run to workers: folds, job leases, journal, aggregation.
+    Coordinator(Box<CoordinatorArgs>),
+    /// Train the jobs a coordinator leases (one at a time per GPU) until the run ends.
+    Worker(Box<WorkerArgs>),
+    /// Show a coordinator's run: jobs, workers, epochs, losses.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,22 +183,41 @@ pub struct TrainArgs {
     /// mobilenetv3-large or efficientnetv2-b2.
     #[arg(long, default_value = "efficientnetv2-b2")]
     pub arch: hbac_worker::model::Arch,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
+    #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
+    pub device: crate::backend::DeviceKind,
+    /// Files read or converted at once.
+    #[arg(long, default_value_t = default_jobs())]
+    pub jobs: usize,
+}
+
+/// The folds and the training recipe (the reference's values unless `--quick`).
+#[derive(Debug, Clone, Args)]
+pub struct RecipeArgs {
     /// Number of folds.
     #[arg(long, default_value_t = 5)]
     pub k: usize,
     /// Seed of the fold split (scikit-learn random_state, shuffle=True).
     #[arg(long, default_value_t = 42)]
     pub folds_seed: u64,
-    #[arg(long, default_value_t = 13)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
+    /// A CPU-sized run: width 0.25, input pooled by 8, batch 16, 6 epochs, peak LR 3e-3,
+    /// BatchNorm momentum 0.9, every labelled row (explicit flags still win).
+    #[arg(long)]
+    pub quick: bool,
+    /// [default: 13; --quick: 6]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// [default: 64; --quick: 16]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
     pub optimizer: OptimizerArg,
     /// AdamW's decoupled weight decay.
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
-    /// Peak learning rate [default: 6e-6 × batch size, the reference].
+    /// Peak learning rate [default: 6e-6 × batch size, the reference; --quick: 3e-3].
     #[arg(long)]
     pub lr_max: Option<f64>,
     /// Training seed (weights, shuffling, augmentations).
@@ -206,14 +234,15 @@ pub struct TrainArgs {
     /// Train on one-hot expert_consensus (reference parity) instead of vote distributions.
     #[arg(long)]
     pub one_hot: bool,
-    /// Channel multiplier (< 1 for a reduced model).
-    #[arg(long, default_value_t = 1.0)]
-    pub width: f64,
-    /// Average-pool the input by this factor (> 1 for a reduced-resolution model).
-    #[arg(long, default_value_t = 1)]
-    pub downsample: usize,
+    /// Channel multiplier, < 1 for a reduced model [default: 1; --quick: 0.25].
+    #[arg(long)]
+    pub width: Option<f64>,
+    /// Average-pool the input by this factor, > 1 for a reduced-resolution model [default: 1;
+    /// --quick: 8].
+    #[arg(long)]
+    pub downsample: Option<usize>,
     /// BatchNorm momentum, Keras convention [default: the architecture's Keras value, 0.999
-    /// for MobileNetV3, 0.9 for EfficientNetV2]; lower it for very short runs.
+    /// for MobileNetV3, 0.9 for EfficientNetV2; --quick: 0.9]; lower it for very short runs.
     #[arg(long)]
     pub bn_momentum: Option<f64>,
     /// Threads building batches ahead of the training step.
@@ -223,12 +252,158 @@ pub struct TrainArgs {
     /// tf_efficientnetv2_b2 state dict (.safetensors or .pth), a path or URL.
     #[arg(long, env = "HBAC_PRETRAINED")]
     pub pretrained: Option<String>,
+}
+
+/// Where the coordinator is and how to prove we may talk to it.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The shared worker token.
+    #[arg(long, env = "HBAC_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the shared worker token (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "HBAC_TOKEN_FILE")]
+    pub token_file: Option<String>,
+}
+
+/// Scheduling rules shared by `coordinator` and `local`.
+#[derive(Debug, Clone, Args)]
+pub struct ScheduleArgs {
+    /// Architectures, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "mobilenetv3-large,efficientnetv2-b2"
+    )]
+    pub archs: Vec<hbac_worker::model::Arch>,
+    /// A lease not renewed for this many seconds expires; its job is re-queued.
+    #[arg(long, default_value_t = 30.0)]
+    pub lease_ttl: f64,
+    /// Attempts per job before the run fails.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Hard limit on one attempt, in seconds.
+    #[arg(long, default_value_t = 6.0 * 3600.0)]
+    pub job_timeout: f64,
+    /// Fail the run when no worker has been connected for this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub worker_grace: f64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Data set root (train.csv, spectrograms, optional test.csv): a path or URL every worker
+    /// can read.
+    #[arg(long, env = "HBAC_DATA")]
+    pub data: String,
+    /// Shared .npy cache [default: <data>/cache].
+    #[arg(long, env = "HBAC_CACHE")]
+    pub cache: Option<String>,
+    /// Output root: journal, every job's files, submission.csv, report.json, cv.svg.
+    #[arg(long, env = "HBAC_OUT")]
+    pub out: String,
+    /// gRPC address; anything but loopback must be asked for (e.g. 0.0.0.0:50051 in a pod).
+    #[arg(long, default_value = "127.0.0.1:50051", env = "HBAC_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// TLS certificate and key (PEM) to serve gRPC over TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<String>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<String>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<String>,
+    /// Seconds to keep telling workers to stop after the run ends.
+    #[arg(long, default_value_t = 10.0)]
+    pub linger: f64,
+    /// Files read at once.
+    #[arg(long, default_value_t = default_jobs())]
+    pub jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The coordinator, e.g. http://hbac-coordinator:50051 (https:// with TLS).
+    #[arg(long, env = "HBAC_COORDINATOR")]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// This worker's name in logs and status [default: host name and process id].
+    #[arg(long, env = "HBAC_WORKER_ID")]
+    pub id: Option<String>,
+    /// Jobs at once: one per GPU.
+    #[arg(long, default_value_t = 1, env = "HBAC_GPUS")]
+    pub gpus: usize,
+    /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
+    #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
+    pub device: crate::backend::DeviceKind,
+    /// CA certificate (PEM) to verify a TLS coordinator.
+    #[arg(long)]
+    pub tls_ca: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<String>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<String>,
+    /// Seconds to keep retrying an unreachable coordinator before giving up.
+    #[arg(long, default_value_t = 120.0)]
+    pub patience: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Data set root [default: a synthetic data set generated into <out>/data, with --quick].
+    #[arg(long, env = "HBAC_DATA")]
+    pub data: Option<String>,
+    /// .npy cache [default: <data>/cache].
+    #[arg(long, env = "HBAC_CACHE")]
+    pub cache: Option<String>,
+    /// Output directory or URL.
+    #[arg(long, default_value = "hbac-run")]
+    pub out: String,
+    /// In-process workers (each trains one job at a time).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Patients in the generated synthetic data set (without --data).
+    #[arg(long, default_value_t = 40)]
+    pub patients: usize,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
     #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
     pub device: crate::backend::DeviceKind,
     /// Files read or converted at once.
     #[arg(long, default_value_t = default_jobs())]
     pub jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The coordinator, e.g. http://127.0.0.1:50051.
+    #[arg(
+        long,
+        env = "HBAC_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// CA certificate (PEM) to verify a TLS coordinator.
+    #[arg(long)]
+    pub tls_ca: Option<String>,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,8 +11,8 @@ use tracing::{info, warn};
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    Command, FoldsArgs, ModelCommand, ModelSummaryArgs, OptimizerArg, PredictArgs, PrepareArgs,
-    ScoreArgs, SynthArgs, TrainArgs,
+    Command, FoldsArgs, ModelCommand, ModelSummaryArgs, PredictArgs, PrepareArgs, ScoreArgs,
+    SynthArgs, TrainArgs,
 };
 
 /// Runs one subcommand to completion.
@@ -25,6 +25,10 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Model(ModelCommand::Summary(a)) => model_summary(a),
         Command::Train(a) => train(*a).await,
         Command::Predict(a) => predict(a).await,
+        Command::Local(a) => crate::runner::local(*a).await,
+        Command::Coordinator(a) => crate::runner::coordinator(*a).await,
+        Command::Worker(a) => crate::runner::worker(*a).await,
+        Command::Status(a) => crate::runner::status(a).await,
     }
 }
 
@@ -202,7 +206,7 @@ async fn score(a: ScoreArgs) -> Result<()> {
 }
 
 /// The cache for a data set: `--cache` or `<data>/cache`.
-fn cache_store(data: &Store, cache: &Option<String>) -> Result<Store> {
+pub(crate) fn cache_store(data: &Store, cache: &Option<String>) -> Result<Store> {
     Ok(match cache {
         Some(c) => Store::create(c)?,
         None => Store::create(&data.url("cache"))?,
@@ -242,78 +246,24 @@ impl hbac_worker::train::trainer::TrainHooks for EpochProgress {
 }
 
 async fn train(a: TrainArgs) -> Result<()> {
-    use hbac_common::preprocess::{LabelMode, SampleSelection};
     use hbac_worker::job::{self, JobSpec};
-    use hbac_worker::model::ModelConfig;
-    use hbac_worker::train::augment::AugmentConfig;
-    use hbac_worker::train::schedule::LrSchedule;
-    use hbac_worker::train::trainer::{OptimizerKind, TrainConfig};
 
-    anyhow::ensure!(
-        a.width > 0.0 && a.downsample >= 1,
-        "--width must be positive and --downsample at least 1"
-    );
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&a.mixup_prob) && (0.0..=1.0).contains(&a.cutout_prob),
-        "probabilities must lie in [0, 1]"
-    );
     let data = Store::open(&a.data)?;
-    let model = ModelConfig::new(a.arch)
-        .with_width(a.width)
-        .with_downsample(a.downsample)
-        .with_bn_momentum(a.bn_momentum);
-    let mut lr = LrSchedule::reference(a.batch_size, a.epochs);
-    if let Some(max) = a.lr_max {
-        lr.max = max;
-    }
-    let augment = AugmentConfig {
-        mixup_prob: a.mixup_prob,
-        time_cutout_prob: a.cutout_prob,
-        freq_cutout_prob: a.cutout_prob,
-        ..AugmentConfig::default()
-    };
-    let cfg = TrainConfig::new(model)
-        .with_epochs(a.epochs)
-        .with_batch_size(a.batch_size)
-        .with_optimizer(match a.optimizer {
-            OptimizerArg::Adam => OptimizerKind::Adam,
-            OptimizerArg::Adamw => OptimizerKind::AdamW {
-                weight_decay: a.weight_decay,
-            },
-        })
-        .with_lr(Some(lr))
-        .with_augment(augment)
-        .with_seed(a.seed)
-        .with_loader_threads(a.loader_threads)
-        .with_pretrained(a.pretrained);
+    let cfg = a.recipe.train_config(a.arch)?;
+    let epochs = cfg.epochs;
     let spec = JobSpec {
         cache: cache_store(&data, &a.cache)?,
         out: Store::create(&a.out)?,
         data,
         fold: a.fold,
-        kfold: KFold {
-            k: a.k,
-            shuffle: true,
-            seed: Some(a.folds_seed),
-        },
-        selection: if a.all_rows {
-            SampleSelection::AllRows
-        } else {
-            SampleSelection::FirstPerSpectrogram
-        },
-        labels: if a.one_hot {
-            LabelMode::OneHot
-        } else {
-            LabelMode::Votes
-        },
+        kfold: a.recipe.kfold(),
+        selection: a.recipe.selection(),
+        labels: a.recipe.labels(),
         train: cfg,
         io_concurrency: a.jobs,
     };
     info!(arch = %a.arch, fold = a.fold, out = spec.out.root(), device = ?a.device, "training");
-    let hooks = EpochProgress {
-        bar: None,
-        epochs: a.epochs,
-    };
+    let hooks = EpochProgress { bar: None, epochs };
     let s = match a.device {
         DeviceKind::Cpu => {
             job::run::<burn::backend::Autodiff<crate::backend::Cpu>>(

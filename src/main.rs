@@ -3,6 +3,8 @@
 mod backend;
 mod cli;
 mod commands;
+mod recipe;
+mod runner;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,6 @@
-//! The wire contract (`proto/hbac.proto`) and its conversion to domain types. Generated structs
-//! never leave this module: the rest of hbac speaks the domain types below.
+//! The wire contract (`proto/hbac.proto`): generated code, the protocol version, and the domain
+//! types that cross it (registration, the JSON job order). Generated structs are used only at
+//! the RPC edges (the coordinator's service, the worker's client).
 
 /// Generated prost/tonic code.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -18,13 +19,25 @@ pub enum Backend {
     Cuda,
 }
 
+/// The serialized descriptor set of `proto/hbac.proto`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hbac_descriptor");
+
+impl Backend {
+    /// The wire / command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+        }
+    }
+}
+
 /// A worker introducing itself to the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     pub worker_id: String,
     pub gpus: u32,
     pub backend: Backend,
-    pub token: String,
 }
 
 /// Why a registration could not be decoded.
@@ -42,11 +55,7 @@ impl From<&Registration> for wire::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
             worker_id: r.worker_id.clone(),
             gpus: r.gpus,
-            backend: match r.backend {
-                Backend::Cpu => "cpu".into(),
-                Backend::Cuda => "cuda".into(),
-            },
-            token: r.token.clone(),
+            backend: r.backend.name().into(),
         }
     }
 }
@@ -68,10 +77,33 @@ impl TryFrom<wire::RegisterRequest> for Registration {
             worker_id: r.worker_id,
             gpus: r.gpus,
             backend,
-            token: r.token,
         })
     }
 }
+
+/// Everything a worker needs to run one (architecture, fold) job; travels as JSON in a lease.
+/// The training configuration is opaque here (the worker's `TrainConfig`), so the coordinator
+/// never depends on the trainer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct JobOrder {
+    pub job_id: String,
+    pub arch: String,
+    pub fold: usize,
+    /// Data set root URL (train.csv, spectrograms, optional test.csv).
+    pub data: String,
+    /// Shared `.npy` cache URL: converted once per data set, read by every worker.
+    pub cache: String,
+    /// Where this attempt writes its files (unique per lease).
+    pub out: String,
+    pub kfold: crate::folds::KFold,
+    pub selection: crate::preprocess::SampleSelection,
+    pub labels: crate::preprocess::LabelMode,
+    pub train: serde_json::Value,
+    pub io_concurrency: usize,
+}
+
+/// The token a peer presents, as gRPC metadata: `authorization: Bearer <token>`.
+pub const AUTH_HEADER: &str = "authorization";
 
 #[cfg(test)]
 mod tests {
@@ -83,7 +115,6 @@ mod tests {
             worker_id: "w0".into(),
             gpus: 2,
             backend: Backend::Cuda,
-            token: "t".into(),
         };
         let wire = wire::RegisterRequest::from(&r);
         assert_eq!(Registration::try_from(wire.clone()).unwrap(), r);

@@ -1,7 +1,17 @@
 //! The hbac coordinator: the run plan (architectures × folds), the job state machine with
-//! leases, retries and timeouts, the journal in object storage, the gRPC service, and
-//! aggregation (CV score, ensemble, report). It never imports the worker.
+//! leases, retries and timeouts, the journal in object storage, the gRPC service, Prometheus
+//! metrics, and aggregation (CV score, ensemble, report). It never imports the worker: the
+//! training configuration travels as opaque JSON.
 //!
-//! Status: the distributed runner is the next milestone (issue 4); today the coordinator's
-//! inputs — folds, metric, data access — live in `hbac-common` and are reachable from the
-//! `hbac folds`, `hbac score` and `hbac prepare` commands.
+//! * [`plan`] — jobs, their orders, and the journal a restarted coordinator resumes from;
+//! * [`state`] — the scheduling rules, free of I/O;
+//! * [`service`] — the gRPC service over the state;
+//! * [`server`] — starting and driving a run; [`metrics`] — `/metrics`;
+//! * [`aggregate`] — CV score, ensemble, `submission.csv`, `report.json`, `cv.svg`.
+
+pub mod aggregate;
+pub mod metrics;
+pub mod plan;
+pub mod server;
+pub mod service;
+pub mod state;

@@ -221,6 +221,9 @@ pub async fn run<B: AutodiffBackend>(
                 }
                 self.inner.epoch(r)
             }
+            fn cancelled(&self) -> bool {
+                self.inner.cancelled()
+            }
         }
         /// Lends the hooks to the trainer while keeping them here.
         struct Forward<'a, H>(&'a mut H);
@@ -230,6 +233,9 @@ pub async fn run<B: AutodiffBackend>(
             }
             fn epoch(&mut self, r: &EpochReport) {
                 self.0.epoch(r)
+            }
+            fn cancelled(&self) -> bool {
+                self.0.cancelled()
             }
         }
         let mut publish = Publish {

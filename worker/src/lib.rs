@@ -5,8 +5,12 @@
 //!
 //! * [`model`] — the two architectures, KerasCV-exact, and their parameter summary;
 //! * [`train`] — the reference training recipe (loss, schedule, augmentations, loader, loop);
-//! * [`job`] — one (architecture, fold) job end to end, with every output published.
+//! * [`job`] — one (architecture, fold) job end to end, with every output published;
+//! * [`client`] — the worker loop (register, lease, heartbeat, metrics, report);
+//! * [`executor`] — leased orders run through [`job`].
 
+pub mod client;
+pub mod executor;
 pub mod job;
 pub mod model;
 pub mod train;
@@ -24,6 +28,8 @@ pub enum TrainError {
     Diverged { epoch: usize, loss: f64 },
     #[error("invalid training configuration: {0}")]
     Config(String),
+    #[error("cancelled")]
+    Cancelled,
     #[error(transparent)]
     Weights(#[from] crate::model::pretrained::ImportError),
 }

@@ -92,6 +92,11 @@ pub trait TrainHooks {
     fn batch(&mut self, _epoch: usize, _done: usize, _total: usize) {}
     /// An epoch finished.
     fn epoch(&mut self, _report: &EpochReport) {}
+    /// Whether to stop now (checked before every batch): the run ends with
+    /// [`TrainError::Cancelled`].
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 impl<F: FnMut(&EpochReport)> TrainHooks for F {
@@ -188,6 +193,9 @@ pub fn train<B: AutodiffBackend>(
         let plan = batches(&order, cfg.batch_size);
         let total = plan.len();
         for (done, batch) in prefetch(train.clone(), plan, cfg.loader_threads, 2).enumerate() {
+            if hooks.cancelled() {
+                return Err(TrainError::Cancelled);
+            }
             let batch = batch?;
             let n = batch.indices.len();
             let (x, y) = to_device::<B>(&batch, device);

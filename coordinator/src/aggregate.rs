@@ -1,0 +1,368 @@
+//! The end of a run: the cross-validation score (Kaggle KL over all out-of-fold predictions,
+//! per architecture and combined), the ensemble (per architecture the mean of its folds' test
+//! predictions; across architectures a weighted mean with weights chosen on the out-of-fold
+//! predictions), and the files: `submission.csv`, `submission-<arch>.csv`, `oof.csv`,
+//! `report.json` and `cv.svg` (train/valid KL per epoch of every fold and architecture).
+
+use std::collections::{BTreeMap, HashMap};
+
+use hbac_common::error::Location;
+use hbac_common::hms::tables::{self, ProbRow};
+use hbac_common::hms::{N_CLASSES, VOTE_COLUMNS};
+use hbac_common::metric;
+use hbac_common::plot::{Series, loss_svg};
+use hbac_common::storage::Store;
+use hbac_common::{Error, Result};
+use serde::Serialize;
+
+use crate::plan::Plan;
+use crate::state::{JobDef, JobResult};
+
+/// Step of the grid the architecture weights are searched on.
+const WEIGHT_STEP: f64 = 0.05;
+
+/// `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Kaggle KL of every out-of-fold prediction of each architecture.
+    pub cv_by_arch: BTreeMap<String, f64>,
+    /// Per architecture, the folds' out-of-fold KL in fold order.
+    pub folds_by_arch: BTreeMap<String, Vec<f64>>,
+    /// Ensemble weights (same order as `archs`) and the blended out-of-fold KL.
+    pub archs: Vec<String>,
+    pub weights: Vec<f64>,
+    pub cv: f64,
+    /// Rows scored out of fold.
+    pub oof_rows: usize,
+    /// `submission.csv` rows (0 without a test set).
+    pub test_rows: usize,
+    pub jobs: Vec<JobLine>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobLine {
+    pub job: String,
+    pub arch: String,
+    pub fold: usize,
+    pub worker: String,
+    pub attempt: u32,
+    pub out: String,
+    pub oof_kl: f64,
+}
+
+/// Out-of-fold predictions of one job, keyed by `label_id`, with the fold.
+fn parse_oof(bytes: &[u8], file: &str) -> Result<Vec<(i64, [f64; N_CLASSES], i64)>> {
+    let mut r = csv::Reader::from_reader(bytes);
+    let header: Vec<String> = r
+        .headers()
+        .map_err(|e| Error::invalid(Location::file(file), e.to_string()))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| Error::invalid(Location::file(file).field(name), "missing column"))
+    };
+    let votes: Vec<usize> = VOTE_COLUMNS.iter().map(|c| col(c)).collect::<Result<_>>()?;
+    let (label, fold) = (col("label_id")?, col("fold")?);
+    let mut rows = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let at = |_c: usize, name: &str| Location::file(file).line(i as u64 + 2).field(name);
+        let rec = rec.map_err(|e| Error::invalid(at(0, ""), e.to_string()))?;
+        let num = |c: usize, name: &str| -> Result<f64> {
+            rec.get(c)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| Error::invalid(at(c, name), "not a finite number"))
+        };
+        let mut p = [0.0; N_CLASSES];
+        for (k, &c) in votes.iter().enumerate() {
+            p[k] = num(c, VOTE_COLUMNS[k])?;
+        }
+        rows.push((num(label, "label_id")? as i64, p, num(fold, "fold")? as i64));
+    }
+    Ok(rows)
+}
+
+fn blend(parts: &[&[f64; N_CLASSES]], weights: &[f64]) -> [f64; N_CLASSES] {
+    let mut out = [0.0; N_CLASSES];
+    for (p, w) in parts.iter().zip(weights) {
+        for k in 0..N_CLASSES {
+            out[k] += w * p[k];
+        }
+    }
+    let sum: f64 = out.iter().sum();
+    out.map(|v| v / sum)
+}
+
+/// Every weight vector on the simplex grid for `n` architectures.
+fn weight_grid(n: usize) -> Vec<Vec<f64>> {
+    let steps = (1.0 / WEIGHT_STEP).round() as usize;
+    fn rec(n: usize, left: usize, prefix: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if n == 1 {
+            prefix.push(left);
+            out.push(prefix.clone());
+            prefix.pop();
+            return;
+        }
+        for k in 0..=left {
+            prefix.push(k);
+            rec(n - 1, left - k, prefix, out);
+            prefix.pop();
+        }
+    }
+    let mut out = Vec::new();
+    rec(n.max(1), steps, &mut Vec::new(), &mut out);
+    out.into_iter()
+        .map(|v| v.into_iter().map(|k| k as f64 / steps as f64).collect())
+        .collect()
+}
+
+/// Scores, ensembles and writes the run's files into `out`; returns the report.
+pub async fn aggregate(
+    plan: &Plan,
+    jobs: &[JobDef],
+    done: &HashMap<String, JobResult>,
+    out: &Store,
+) -> Result<Report> {
+    let data = Store::open(&plan.data)?;
+    let train_url = data.url("train.csv");
+    let rows = tables::parse_train_csv(&data.get("train.csv").await?, &train_url)?;
+    let votes: HashMap<i64, [f64; N_CLASSES]> =
+        rows.iter().map(|r| (r.label_id, r.votes)).collect();
+    let archs: Vec<String> = plan.archs.iter().map(|(a, _)| a.clone()).collect();
+
+    // Per architecture: OOF by label_id, test predictions by eeg_id (summed over folds).
+    let mut oof: Vec<BTreeMap<i64, ([f64; N_CLASSES], i64)>> = vec![BTreeMap::new(); archs.len()];
+    let mut test: Vec<BTreeMap<i64, ([f64; N_CLASSES], usize)>> =
+        vec![BTreeMap::new(); archs.len()];
+    let mut lines = Vec::new();
+    let mut folds_by_arch: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut curves = Vec::new();
+    for job in jobs {
+        let r = done.get(&job.id).ok_or_else(|| Error::NotFound {
+            url: out.url(&format!("jobs/{}", job.id)),
+            note: "no accepted result for this job".into(),
+        })?;
+        let a = archs.iter().position(|x| *x == job.arch).unwrap_or(0);
+        let dir = Store::open(&r.out_url)?;
+        let oof_url = dir.url("oof.csv");
+        let job_oof = parse_oof(&dir.get("oof.csv").await?, &oof_url)?;
+        for (label, p, fold) in &job_oof {
+            if !votes.contains_key(label) {
+                return Err(Error::invalid(
+                    Location::file(&oof_url),
+                    format!("label_id {label} is not in {train_url}"),
+                ));
+            }
+            oof[a].insert(*label, (*p, *fold));
+        }
+        if dir.exists("test.csv").await? {
+            let url = dir.url("test.csv");
+            for row in tables::parse_prob_csv(&dir.get("test.csv").await?, &url)? {
+                let e = test[a].entry(row.eeg_id).or_insert(([0.0; N_CLASSES], 0));
+                for k in 0..N_CLASSES {
+                    e.0[k] += row.values[k];
+                }
+                e.1 += 1;
+            }
+        }
+        let fold_kl = score(
+            &job_oof.iter().map(|(l, p, _)| (*l, *p)).collect::<Vec<_>>(),
+            &votes,
+        )?;
+        folds_by_arch
+            .entry(job.arch.clone())
+            .or_default()
+            .push(fold_kl);
+        if let Ok(m) = dir.get("metrics.jsonl").await {
+            curves.extend(curves_of(&m, &format!("{} f{}", job.arch, job.fold)));
+        }
+        lines.push(JobLine {
+            job: job.id.clone(),
+            arch: job.arch.clone(),
+            fold: job.fold,
+            worker: r.worker.clone(),
+            attempt: r.attempt,
+            out: r.out_url.clone(),
+            oof_kl: fold_kl,
+        });
+    }
+
+    let mut cv_by_arch = BTreeMap::new();
+    for (a, name) in archs.iter().enumerate() {
+        let rows: Vec<(i64, [f64; N_CLASSES])> =
+            oof[a].iter().map(|(l, (p, _))| (*l, *p)).collect();
+        cv_by_arch.insert(name.clone(), score(&rows, &votes)?);
+    }
+    // Weights on the rows every architecture predicted.
+    let common: Vec<i64> = oof[0]
+        .keys()
+        .filter(|l| oof.iter().all(|o| o.contains_key(l)))
+        .copied()
+        .collect();
+    let blended = |w: &[f64]| -> Vec<(i64, [f64; N_CLASSES])> {
+        common
+            .iter()
+            .map(|l| {
+                let parts: Vec<&[f64; N_CLASSES]> = oof.iter().map(|o| &o[l].0).collect();
+                (*l, blend(&parts, w))
+            })
+            .collect()
+    };
+    let mut best: Option<(f64, Vec<f64>)> = None;
+    for w in weight_grid(archs.len()) {
+        let kl = score(&blended(&w), &votes)?;
+        if best.as_ref().is_none_or(|(b, _)| kl < *b - 1e-12) {
+            best = Some((kl, w));
+        }
+    }
+    let (cv, weights) = best.unwrap_or((f64::NAN, vec![1.0]));
+
+    // oof.csv (the blend, with fold and label_id), submissions.
+    let oof_rows: Vec<(i64, [f64; N_CLASSES])> = blended(&weights);
+    let by_label: HashMap<i64, &tables::TrainRow> = rows.iter().map(|r| (r.label_id, r)).collect();
+    let prob: Vec<ProbRow> = oof_rows
+        .iter()
+        .map(|(l, p)| ProbRow {
+            eeg_id: by_label[l].eeg_id,
+            values: *p,
+        })
+        .collect();
+    let labels: Vec<i64> = oof_rows.iter().map(|(l, _)| *l).collect();
+    let bytes = tables::write_prob_csv(&prob, Some(("label_id", &labels)));
+    out.put("oof.csv", bytes).await?;
+
+    let mean = |t: &BTreeMap<i64, ([f64; N_CLASSES], usize)>| -> BTreeMap<i64, [f64; N_CLASSES]> {
+        t.iter()
+            .map(|(id, (s, n))| (*id, s.map(|v| v / *n as f64)))
+            .collect()
+    };
+    let means: Vec<_> = test.iter().map(mean).collect();
+    let mut test_rows = 0;
+    if means.iter().all(|m| !m.is_empty()) {
+        for (a, m) in means.iter().enumerate() {
+            let rows: Vec<ProbRow> = m
+                .iter()
+                .map(|(id, v)| ProbRow {
+                    eeg_id: *id,
+                    values: *v,
+                })
+                .collect();
+            out.put(
+                &format!("submission-{}.csv", archs[a]),
+                tables::write_prob_csv(&rows, None),
+            )
+            .await?;
+        }
+        let sub: Vec<ProbRow> = means[0]
+            .keys()
+            .map(|id| {
+                let parts: Vec<&[f64; N_CLASSES]> = means.iter().map(|m| &m[id]).collect();
+                ProbRow {
+                    eeg_id: *id,
+                    values: blend(&parts, &weights),
+                }
+            })
+            .collect();
+        test_rows = sub.len();
+        out.put("submission.csv", tables::write_prob_csv(&sub, None))
+            .await?;
+    }
+    out.put(
+        "cv.svg",
+        loss_svg("KL divergence per epoch, every fold", &curves),
+    )
+    .await?;
+    let report = Report {
+        cv_by_arch,
+        folds_by_arch,
+        archs,
+        weights,
+        cv,
+        oof_rows: oof_rows.len(),
+        test_rows,
+        jobs: lines,
+    };
+    out.put(
+        "report.json",
+        serde_json::to_vec_pretty(&report).expect("serialisable"),
+    )
+    .await?;
+    Ok(report)
+}
+
+/// Kaggle KL of predictions keyed by label_id against the votes of those rows.
+fn score(pred: &[(i64, [f64; N_CLASSES])], votes: &HashMap<i64, [f64; N_CLASSES]>) -> Result<f64> {
+    let solution: Vec<ProbRow> = pred
+        .iter()
+        .map(|(l, _)| ProbRow {
+            eeg_id: *l,
+            values: votes[l],
+        })
+        .collect();
+    let submission: Vec<ProbRow> = pred
+        .iter()
+        .map(|(l, p)| ProbRow {
+            eeg_id: *l,
+            values: *p,
+        })
+        .collect();
+    metric::kaggle_kl(&solution, "train.csv", &submission, "oof.csv")
+}
+
+/// Train (dashed) and valid curves from a job's `metrics.jsonl`.
+fn curves_of(bytes: &[u8], label: &str) -> Vec<Series> {
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for line in String::from_utf8_lossy(bytes).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let epoch = v["epoch"].as_f64().unwrap_or(0.0) + 1.0;
+        if let Some(t) = v["train_kl"].as_f64() {
+            train.push((epoch, t));
+        }
+        if let Some(t) = v["valid_kl"].as_f64() {
+            valid.push((epoch, t));
+        }
+    }
+    vec![
+        Series {
+            label: format!("{label} train"),
+            points: train,
+            dashed: true,
+        },
+        Series {
+            label: format!("{label} valid"),
+            points: valid,
+            dashed: false,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weight_grid_covers_the_simplex() {
+        let g = weight_grid(2);
+        assert_eq!(g.len(), 21);
+        assert!(
+            g.iter()
+                .all(|w| (w.iter().sum::<f64>() - 1.0).abs() < 1e-12)
+        );
+        assert_eq!(weight_grid(1), vec![vec![1.0]]);
+        assert_eq!(weight_grid(3).len(), 231);
+    }
+
+    #[test]
+    fn blend_is_a_normalised_weighted_mean() {
+        let a = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let b = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+        let m = blend(&[&a, &b], &[0.25, 0.75]);
+        assert_eq!(m, [0.25, 0.75, 0.0, 0.0, 0.0, 0.0]);
+    }
+}

@@ -1,0 +1,108 @@
+//! Prometheus metrics at `/metrics`: jobs by state, live workers, leases, lease expiries, job
+//! timeouts, retries, epochs, late results, and each leased job's latest losses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use crate::server::RunError;
+use crate::service::Shared;
+use crate::state::JobState;
+
+type Labels = Vec<(String, String)>;
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
+    let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+    g.set(value);
+    registry.register(name, help, g);
+}
+
+/// The metrics in Prometheus' text format.
+pub fn render(shared: &Shared) -> String {
+    let s = shared.lock();
+    let mut r = Registry::with_prefix("hbac");
+    let jobs = Family::<Labels, Gauge>::default();
+    for state in ["pending", "leased", "done", "failed"] {
+        let n = s.jobs.iter().filter(|j| j.state.name() == state).count();
+        jobs.get_or_create(&vec![("state".into(), state.into())])
+            .set(n as i64);
+    }
+    r.register("jobs", "Jobs by state", jobs);
+    gauge(
+        &mut r,
+        "workers",
+        "Workers heard from recently",
+        s.live_workers(Instant::now().into_std()) as f64,
+    );
+    let c = &s.counters;
+    for (name, help, v) in [
+        ("leases", "Leases granted", c.leases),
+        (
+            "lease_expiries",
+            "Leases that expired without a heartbeat",
+            c.lease_expiries,
+        ),
+        (
+            "job_timeouts",
+            "Attempts stopped by the job timeout",
+            c.job_timeouts,
+        ),
+        ("retries", "Attempts re-queued", c.retries),
+        ("epochs", "Epochs reported by workers", c.epochs),
+        (
+            "late_results",
+            "Reports from leases no longer current (discarded)",
+            c.late_results,
+        ),
+    ] {
+        gauge(&mut r, &format!("{name}_total"), help, v as f64);
+    }
+    let losses = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for j in &s.jobs {
+        if let JobState::Leased(l) = &j.state {
+            for (split, v) in [
+                ("train", l.progress.train_kl),
+                ("valid", l.progress.valid_kl),
+            ] {
+                if let Some(v) = v {
+                    losses
+                        .get_or_create(&vec![
+                            ("job".into(), j.def.id.clone()),
+                            ("split".into(), split.into()),
+                        ])
+                        .set(v);
+                }
+            }
+        }
+    }
+    r.register("job_kl", "Latest epoch KL of each leased job", losses);
+    let mut text = String::new();
+    let _ = encode(&mut text, &r);
+    text
+}
+
+/// Serves `/metrics` on `addr`; returns the bound address.
+pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, RunError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| RunError::Transport(format!("metrics address {addr}: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| RunError::Transport(e.to_string()))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = shared.clone();
+            async move { render(&shared) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(bound)
+}

@@ -1,0 +1,181 @@
+//! Running a coordinator: resume from the journal, serve gRPC (the service, health,
+//! reflection; token-checked, optional TLS / mutual TLS) and Prometheus metrics, apply the
+//! deadlines, and aggregate when every job is done.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbac_common::proto::FILE_DESCRIPTOR_SET;
+use hbac_common::proto::wire::coordinator_server::CoordinatorServer;
+use hbac_common::storage::Store;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Server, ServerTlsConfig};
+use tracing::{error, info};
+
+use crate::aggregate::{Report, aggregate};
+use crate::metrics;
+use crate::plan::{Journal, Plan};
+use crate::service::{Service, Shared, check_token, tick_period};
+use crate::state::{RunState, Settings, State};
+
+/// How a run ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Data(#[from] hbac_common::Error),
+    #[error("the run failed: {0}")]
+    Failed(String),
+    #[error("gRPC server: {0}")]
+    Transport(String),
+}
+
+/// A coordinator's settings.
+#[derive(Clone)]
+pub struct Config {
+    pub plan: Plan,
+    pub settings: Settings,
+    /// The shared worker token.
+    pub token: String,
+    pub tls: Option<ServerTlsConfig>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long to keep answering "stop" to workers after the run ends.
+    pub linger: Duration,
+}
+
+/// A started coordinator.
+pub struct Handle {
+    /// Where it listens for gRPC.
+    pub addr: SocketAddr,
+    /// Where it serves metrics, if asked to.
+    pub metrics_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    task: JoinHandle<Result<Report, RunError>>,
+}
+
+impl Handle {
+    /// Waits for the run to end: the report, or why it failed.
+    pub async fn wait(self) -> Result<Report, RunError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(RunError::Failed(format!("coordinator task: {e}"))),
+        }
+    }
+
+    /// Stops the coordinator at once, as a crash would (the journal stays as it was).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// Resumes the plan's journal (if any), starts serving on `listener`, and runs the plan to
+/// the end in a background task.
+pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunError> {
+    let out = Store::create(&cfg.plan.out)?;
+    let done = Journal::resume(&out, &cfg.plan).await?;
+    if !done.is_empty() {
+        info!(done = done.len(), "resuming from the journal");
+    }
+    let jobs = cfg.plan.jobs();
+    let state = State::new(
+        jobs.clone(),
+        &done,
+        cfg.settings.clone(),
+        Instant::now().into_std(),
+    );
+    let shared = Arc::new(Shared {
+        state: std::sync::Mutex::new(state),
+        plan: cfg.plan.clone(),
+        jobs,
+        out,
+        journal: tokio::sync::Mutex::new(()),
+        changed: tokio::sync::Notify::new(),
+    });
+    shared.save_journal().await?;
+
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RunError::Transport(e.to_string()))?;
+    let metrics_addr = match cfg.metrics_addr {
+        Some(a) => Some(metrics::serve(a, shared.clone()).await?),
+        None => None,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<CoordinatorServer<Service>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Transport(e.to_string()))?;
+    let mut server = Server::builder();
+    if let Some(tls) = cfg.tls.clone() {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| RunError::Transport(e.to_string()))?;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = server
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(CoordinatorServer::with_interceptor(
+            Service(shared.clone()),
+            check_token(cfg.token.clone()),
+        ));
+    let serving = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    info!(%addr, out = shared.out.root(), "coordinator listening");
+
+    let run = shared.clone();
+    let task = tokio::spawn(async move {
+        let result = drive(&run, &cfg).await;
+        if let Err(e) = &result {
+            error!(error = %e, "run failed");
+        }
+        // Keep answering "stop" for a while so workers exit cleanly, then close.
+        tokio::time::sleep(cfg.linger).await;
+        let _ = stop_tx.send(());
+        let _ = serving.await;
+        health.set_not_serving::<CoordinatorServer<Service>>().await;
+        result
+    });
+    Ok(Handle {
+        addr,
+        metrics_addr,
+        shared,
+        task,
+    })
+}
+
+/// Applies deadlines until every job is done or the run fails, then aggregates.
+async fn drive(shared: &Arc<Shared>, cfg: &Config) -> Result<Report, RunError> {
+    let period = tick_period(cfg.settings.lease_ttl);
+    loop {
+        let run = {
+            let mut s = shared.lock();
+            s.tick(Instant::now().into_std());
+            s.run.clone()
+        };
+        match run {
+            RunState::Running => {}
+            RunState::Finished => break,
+            RunState::Failed(e) => return Err(RunError::Failed(e)),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shared.changed.notified() => {}
+        }
+    }
+    shared.save_journal().await?;
+    let done = shared.lock().done();
+    info!("every job is done; aggregating");
+    let report = aggregate(&shared.plan, &shared.jobs, &done, &shared.out).await?;
+    info!(cv = report.cv, "run finished");
+    Ok(report)
+}

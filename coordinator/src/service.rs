@@ -1,0 +1,306 @@
+//! The gRPC service: each call checks the worker token (an interceptor), locks the
+//! [`State`](crate::state::State) for the rule, and journals accepted results before it
+//! answers, so an accepted result survives a coordinator restart.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hbac_common::proto::wire::coordinator_server::Coordinator;
+use hbac_common::proto::wire::{self, lease_response, report_request};
+use hbac_common::proto::{AUTH_HEADER, PROTOCOL_VERSION, Registration};
+use hbac_common::storage::Store;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::plan::{Journal, Plan};
+use crate::state::{JobDef, JobResult, JobState, LeaseOutcome, Progress, RunState, State};
+
+/// What the service and the run loop share.
+pub struct Shared {
+    pub state: Mutex<State>,
+    pub plan: Plan,
+    pub jobs: Vec<JobDef>,
+    pub out: Store,
+    /// Orders journal writes (each writes the latest state).
+    pub journal: tokio::sync::Mutex<()>,
+    /// Woken whenever a job ends or the run state changes.
+    pub changed: tokio::sync::Notify,
+}
+
+impl Shared {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the journal with the results accepted so far.
+    pub async fn save_journal(&self) -> hbac_common::Result<()> {
+        let _order = self.journal.lock().await;
+        let done = self.lock().done();
+        Journal::save(&self.out, &self.plan, done).await
+    }
+
+    /// The run as `hbac status` and the progress view show it.
+    pub fn status(&self) -> wire::StatusResponse {
+        let s = self.lock();
+        let now = Instant::now().into_std();
+        let (state, error) = match &s.run {
+            RunState::Running => ("running", String::new()),
+            RunState::Finished => ("finished", String::new()),
+            RunState::Failed(e) => ("failed", e.clone()),
+        };
+        let jobs = s
+            .jobs
+            .iter()
+            .map(|j| {
+                let (worker, p) = match &j.state {
+                    JobState::Leased(l) => (l.worker.clone(), l.progress.clone()),
+                    JobState::Done(r) => (r.worker.clone(), Progress::default()),
+                    _ => (String::new(), Progress::default()),
+                };
+                wire::JobStatus {
+                    job_id: j.def.id.clone(),
+                    arch: j.def.arch.clone(),
+                    fold: j.def.fold as u32,
+                    state: j.state.name().into(),
+                    worker,
+                    attempt: j.attempts,
+                    epoch: p.epoch as u32,
+                    epochs: p.epochs as u32,
+                    train_kl: p.train_kl,
+                    valid_kl: p.valid_kl,
+                    eta_s: p.eta(),
+                }
+            })
+            .collect();
+        wire::StatusResponse {
+            state: state.into(),
+            error,
+            workers: s.live_workers(now) as u32,
+            jobs,
+            out_url: self.out.root().to_string(),
+            cv_kl: None,
+        }
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal the token's prefix.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The interceptor that refuses calls without the shared token.
+pub fn check_token(token: String) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let expected = format!("Bearer {token}");
+    move |req: Request<()>| {
+        let given = req
+            .metadata()
+            .get(AUTH_HEADER)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        if same(&given, expected.as_bytes()) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong worker token (--token / HBAC_TOKEN, or --token-file)",
+            ))
+        }
+    }
+}
+
+/// The `hbac.v1.Coordinator` service.
+pub struct Service(pub Arc<Shared>);
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+type MetricsStream = Pin<Box<Streaming<wire::EpochMetrics>>>;
+
+#[tonic::async_trait]
+impl Coordinator for Service {
+    async fn register(
+        &self,
+        req: Request<wire::RegisterRequest>,
+    ) -> Result<Response<wire::RegisterResponse>, Status> {
+        let reg = Registration::try_from(req.into_inner())
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let mut s = self.0.lock();
+        let session = s.register(&reg.worker_id, reg.gpus, reg.backend.name(), now());
+        info!(
+            worker = reg.worker_id,
+            gpus = reg.gpus,
+            backend = reg.backend.name(),
+            "worker registered"
+        );
+        Ok(Response::new(wire::RegisterResponse {
+            protocol_version: PROTOCOL_VERSION,
+            session,
+            heartbeat_ms: s.settings.heartbeat().as_millis() as u64,
+            lease_ttl_ms: s.settings.lease_ttl.as_millis() as u64,
+        }))
+    }
+
+    async fn lease(
+        &self,
+        req: Request<wire::LeaseRequest>,
+    ) -> Result<Response<wire::LeaseResponse>, Status> {
+        let req = req.into_inner();
+        let outcome = self
+            .0
+            .lock()
+            .lease(&req.session, now())
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        let outcome = match outcome {
+            LeaseOutcome::Job(g) => {
+                let def = &self.0.jobs[g.job];
+                let order = self.0.plan.order(def, &g.lease_id);
+                info!(
+                    job = def.id,
+                    lease = g.lease_id,
+                    attempt = g.attempt,
+                    "leased"
+                );
+                lease_response::Outcome::Lease(wire::Lease {
+                    lease_id: g.lease_id,
+                    job_id: def.id.clone(),
+                    arch: def.arch.clone(),
+                    fold: def.fold as u32,
+                    attempt: g.attempt,
+                    order_json: serde_json::to_string(&order).expect("serialisable"),
+                })
+            }
+            LeaseOutcome::Wait(d) => lease_response::Outcome::WaitMs(d.as_millis() as u64),
+            LeaseOutcome::Stop(why) => lease_response::Outcome::Stop(why),
+        };
+        Ok(Response::new(wire::LeaseResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<wire::HeartbeatRequest>,
+    ) -> Result<Response<wire::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let verdict = self.0.lock().heartbeat(&req.session, &req.lease_id, now());
+        Ok(Response::new(match verdict {
+            Ok(()) => wire::HeartbeatResponse {
+                cancel: false,
+                reason: String::new(),
+            },
+            Err(reason) => wire::HeartbeatResponse {
+                cancel: true,
+                reason,
+            },
+        }))
+    }
+
+    async fn stream_metrics(
+        &self,
+        req: Request<Streaming<wire::EpochMetrics>>,
+    ) -> Result<Response<wire::MetricsAck>, Status> {
+        let mut stream: MetricsStream = Box::pin(req.into_inner());
+        let mut received = 0;
+        while let Some(m) = stream.next().await {
+            let m = m?;
+            received += 1;
+            let p = Progress {
+                epoch: m.epoch as usize,
+                epochs: m.epochs as usize,
+                train_kl: Some(m.train_kl),
+                valid_kl: m.valid_kl,
+                seconds: 0.0,
+            };
+            let mut s = self.0.lock();
+            let _ = s.touch(&m.session, now());
+            // Keep the running total of epoch seconds for the ETA.
+            let seconds = s
+                .jobs
+                .iter()
+                .find_map(|j| match &j.state {
+                    JobState::Leased(l) if l.id == m.lease_id => Some(l.progress.seconds),
+                    _ => None,
+                })
+                .unwrap_or(0.0);
+            s.epoch(
+                &m.lease_id,
+                Progress {
+                    seconds: seconds + m.seconds,
+                    ..p
+                },
+            );
+        }
+        Ok(Response::new(wire::MetricsAck { received }))
+    }
+
+    async fn report(
+        &self,
+        req: Request<wire::ReportRequest>,
+    ) -> Result<Response<wire::ReportResponse>, Status> {
+        let req = req.into_inner();
+        let worker = self
+            .0
+            .lock()
+            .touch(&req.session, now())
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        let verdict = match req.result {
+            Some(report_request::Result::Success(s)) => {
+                let r = JobResult {
+                    out_url: s.out_url,
+                    summary_json: s.summary_json,
+                    attempt: 0,
+                    worker: worker.clone(),
+                };
+                let verdict = self.0.lock().complete(&req.lease_id, r).map(|_| ());
+                if verdict.is_ok() {
+                    info!(lease = req.lease_id, worker, "result accepted");
+                    if let Err(e) = self.0.save_journal().await {
+                        warn!(error = %e, "could not write the journal; will retry with the next change");
+                    }
+                }
+                verdict
+            }
+            Some(report_request::Result::Failure(f)) => {
+                warn!(
+                    lease = req.lease_id,
+                    worker,
+                    retryable = f.retryable,
+                    error = f.message,
+                    "attempt failed"
+                );
+                self.0.lock().fail(&req.lease_id, &f.message, f.retryable)
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "a report needs a success or a failure",
+                ));
+            }
+        };
+        self.0.changed.notify_waiters();
+        Ok(Response::new(match verdict {
+            Ok(()) => wire::ReportResponse {
+                accepted: true,
+                reason: String::new(),
+            },
+            Err(reason) => wire::ReportResponse {
+                accepted: false,
+                reason,
+            },
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<wire::StatusRequest>,
+    ) -> Result<Response<wire::StatusResponse>, Status> {
+        Ok(Response::new(self.0.status()))
+    }
+}
+
+/// How long the run loop sleeps between deadline checks.
+pub fn tick_period(lease_ttl: Duration) -> Duration {
+    (lease_ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
+}

@@ -1,0 +1,89 @@
+//! The training recipe flags → the worker's `TrainConfig`, the folds and the sample choice;
+//! `--quick` swaps in a CPU-sized model and schedule where no flag says otherwise.
+
+use anyhow::{Result, ensure};
+use hbac_common::folds::KFold;
+use hbac_common::preprocess::{LabelMode, SampleSelection};
+use hbac_worker::model::{Arch, ModelConfig};
+use hbac_worker::train::augment::AugmentConfig;
+use hbac_worker::train::schedule::LrSchedule;
+use hbac_worker::train::trainer::{OptimizerKind, TrainConfig};
+
+use crate::cli::{OptimizerArg, RecipeArgs};
+
+impl RecipeArgs {
+    /// The scikit-learn split the folds come from.
+    pub fn kfold(&self) -> KFold {
+        KFold {
+            k: self.k,
+            shuffle: true,
+            seed: Some(self.folds_seed),
+        }
+    }
+
+    pub fn selection(&self) -> SampleSelection {
+        if self.all_rows || self.quick {
+            SampleSelection::AllRows
+        } else {
+            SampleSelection::FirstPerSpectrogram
+        }
+    }
+
+    pub fn labels(&self) -> LabelMode {
+        if self.one_hot {
+            LabelMode::OneHot
+        } else {
+            LabelMode::Votes
+        }
+    }
+
+    /// The full training configuration for `arch`.
+    pub fn train_config(&self, arch: Arch) -> Result<TrainConfig> {
+        let q = self.quick;
+        let epochs = self.epochs.unwrap_or(if q { 6 } else { 13 });
+        let batch_size = self.batch_size.unwrap_or(if q { 16 } else { 64 });
+        let width = self.width.unwrap_or(if q { 0.25 } else { 1.0 });
+        let downsample = self.downsample.unwrap_or(if q { 8 } else { 1 });
+        let bn_momentum = self.bn_momentum.or(q.then_some(0.9));
+        ensure!(
+            width > 0.0 && downsample >= 1,
+            "--width must be positive and --downsample at least 1"
+        );
+        ensure!(
+            epochs >= 1 && batch_size >= 1,
+            "--epochs and --batch-size must be at least 1"
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.mixup_prob) && (0.0..=1.0).contains(&self.cutout_prob),
+            "probabilities must lie in [0, 1]"
+        );
+        let model = ModelConfig::new(arch)
+            .with_width(width)
+            .with_downsample(downsample)
+            .with_bn_momentum(bn_momentum);
+        let mut lr = LrSchedule::reference(batch_size, epochs);
+        if let Some(max) = self.lr_max.or(q.then_some(3e-3)) {
+            lr.max = max;
+        }
+        let augment = AugmentConfig {
+            mixup_prob: self.mixup_prob,
+            time_cutout_prob: self.cutout_prob,
+            freq_cutout_prob: self.cutout_prob,
+            ..AugmentConfig::default()
+        };
+        Ok(TrainConfig::new(model)
+            .with_epochs(epochs)
+            .with_batch_size(batch_size)
+            .with_optimizer(match self.optimizer {
+                OptimizerArg::Adam => OptimizerKind::Adam,
+                OptimizerArg::Adamw => OptimizerKind::AdamW {
+                    weight_decay: self.weight_decay,
+                },
+            })
+            .with_lr(Some(lr))
+            .with_augment(augment)
+            .with_seed(self.seed)
+            .with_loader_threads(self.loader_threads)
+            .with_pretrained(self.pretrained.clone()))
+    }
+}

@@ -1,0 +1,468 @@
+//! The distributed roles: `coordinator`, `worker`, `local` (both in one process over loopback
+//! gRPC) and `status`, plus the live progress view they share.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hbac_common::proto;
+use hbac_common::proto::wire::StatusResponse;
+use hbac_common::storage::Store;
+use hbac_common::synth::{self, SynthConfig};
+use hbac_coordinator::aggregate::Report;
+use hbac_coordinator::plan::Plan;
+use hbac_coordinator::server::{self, Config, Handle};
+use hbac_coordinator::state::Settings;
+use hbac_worker::client::{self, Executor, WorkerOptions};
+use hbac_worker::executor::TrainExecutor;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::sync::watch;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tracing::info;
+
+use crate::backend::DeviceKind;
+use crate::cli::{
+    CoordinatorArgs, LocalArgs, RecipeArgs, ScheduleArgs, StatusArgs, TokenArgs, WorkerArgs,
+};
+
+fn secs(s: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("--{flag} must be a positive number"))
+}
+
+impl ScheduleArgs {
+    fn settings(&self) -> Result<Settings> {
+        Ok(Settings {
+            lease_ttl: secs(self.lease_ttl, "lease-ttl")?,
+            max_attempts: self.max_attempts.max(1),
+            job_timeout: secs(self.job_timeout, "job-timeout")?,
+            worker_grace: secs(self.worker_grace, "worker-grace")?,
+        })
+    }
+}
+
+impl TokenArgs {
+    /// The token from `--token-file` or `--token`.
+    fn resolve(&self) -> Result<Option<String>> {
+        if let Some(f) = &self.token_file {
+            let t = std::fs::read_to_string(f).with_context(|| format!("token file {f}"))?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                bail!("token file {f} is empty");
+            }
+            return Ok(Some(t));
+        }
+        Ok(self.token.clone().filter(|t| !t.is_empty()))
+    }
+
+    fn required(&self) -> Result<String> {
+        self.resolve()?.context(
+            "no worker token: pass --token-file FILE (or set HBAC_TOKEN); every worker must present the same token",
+        )
+    }
+}
+
+fn read(path: &str, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{what} {path}"))
+}
+
+/// The plan of a run: one training configuration per architecture.
+fn plan(
+    data: &str,
+    cache: &Option<String>,
+    out: &str,
+    archs: &[hbac_worker::model::Arch],
+    recipe: &RecipeArgs,
+    jobs: usize,
+) -> Result<Plan> {
+    if archs.is_empty() {
+        bail!("--archs names no architecture");
+    }
+    let data_store = Store::open(data)?;
+    let cache = match cache {
+        Some(c) => c.clone(),
+        None => data_store.url("cache"),
+    };
+    let archs = archs
+        .iter()
+        .map(|a| {
+            let cfg = recipe.train_config(*a)?;
+            Ok((a.name().to_string(), serde_json::to_value(&cfg)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Plan {
+        data: data_store.root().to_string(),
+        cache,
+        out: Store::create(out)?.root().to_string(),
+        kfold: recipe.kfold(),
+        selection: recipe.selection(),
+        labels: recipe.labels(),
+        archs,
+        io_concurrency: jobs,
+    })
+}
+
+/// The executor for `device`: burn-flex on the CPU, or burn-cuda with one GPU per slot.
+fn executor(device: DeviceKind) -> Result<Arc<dyn Executor>> {
+    Ok(match device {
+        DeviceKind::Cpu => Arc::new(
+            TrainExecutor::<burn::backend::Autodiff<crate::backend::Cpu>> {
+                device: Arc::new(|_| Default::default()),
+            },
+        ),
+        DeviceKind::Cuda => {
+            crate::backend::check_cuda()?;
+            #[cfg(feature = "cuda")]
+            {
+                Arc::new(
+                    TrainExecutor::<burn::backend::Autodiff<crate::backend::Gpu>> {
+                        device: Arc::new(burn::backend::cuda::CudaDevice::new),
+                    },
+                )
+            }
+            #[cfg(not(feature = "cuda"))]
+            unreachable!("check_cuda refuses builds without the cuda feature")
+        }
+    })
+}
+
+fn backend(device: DeviceKind) -> proto::Backend {
+    match device {
+        DeviceKind::Cpu => proto::Backend::Cpu,
+        DeviceKind::Cuda => proto::Backend::Cuda,
+    }
+}
+
+/// A watch that turns true on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("shutdown requested: stopping jobs and handing leases back");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// One bar per job, refreshed from the coordinator's status until the run ends.
+fn progress_view(
+    status: impl Fn() -> StatusResponse + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let multi = MultiProgress::new();
+        let style = ProgressStyle::with_template("{prefix:28} {bar:20} {pos:>2}/{len:2} {msg}")
+            .expect("valid template");
+        let mut bars: Vec<ProgressBar> = Vec::new();
+        loop {
+            let s = status();
+            if bars.is_empty() {
+                bars = s
+                    .jobs
+                    .iter()
+                    .map(|j| {
+                        let b = multi.add(ProgressBar::new(1).with_style(style.clone()));
+                        b.set_prefix(j.job_id.clone());
+                        b
+                    })
+                    .collect();
+            }
+            for (b, j) in bars.iter().zip(&s.jobs) {
+                b.set_length(j.epochs.max(1) as u64);
+                b.set_position(j.epoch as u64);
+                b.set_message(job_line(j));
+            }
+            if s.state != "running" {
+                for b in &bars {
+                    b.finish();
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
+fn job_line(j: &proto::wire::JobStatus) -> String {
+    let kl = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+    let mut line = format!(
+        "{:7} {} try {} train {} valid {}",
+        j.state,
+        if j.worker.is_empty() { "-" } else { &j.worker },
+        j.attempt,
+        kl(j.train_kl),
+        kl(j.valid_kl)
+    );
+    if let Some(eta) = j.eta_s {
+        line.push_str(&format!(" eta {eta:.0}s"));
+    }
+    line
+}
+
+fn print_report(r: &Report, out: &str) {
+    for (arch, kl) in &r.cv_by_arch {
+        println!(
+            "cv {arch}: kaggle kl {kl:.4} (folds {:?})",
+            r.folds_by_arch[arch]
+        );
+    }
+    println!(
+        "cv ensemble: kaggle kl {:.4} with weights {:?} on {:?}",
+        r.cv, r.weights, r.archs
+    );
+    println!(
+        "wrote {out}/submission.csv ({} rows), report.json, oof.csv, cv.svg",
+        r.test_rows
+    );
+}
+
+async fn finish(handle: Handle, out: &str) -> Result<()> {
+    let report = handle.wait().await?;
+    print_report(&report, out);
+    Ok(())
+}
+
+/// `hbac coordinator`.
+pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
+    let token = a.token.required()?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => {
+            let mut t = ServerTlsConfig::new().identity(Identity::from_pem(
+                read(c, "TLS certificate")?,
+                read(k, "TLS key")?,
+            ));
+            if let Some(ca) = &a.tls_client_ca {
+                t = t.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+            }
+            Some(t)
+        }
+        _ => None,
+    };
+    let plan = plan(
+        &a.data,
+        &a.cache,
+        &a.out,
+        &a.schedule.archs,
+        &a.recipe,
+        a.jobs,
+    )?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let out = plan.out.clone();
+    let handle = server::start(
+        Config {
+            plan,
+            settings: a.schedule.settings()?,
+            token,
+            tls,
+            metrics_addr: a.schedule.metrics_addr,
+            linger: secs(a.linger, "linger")?,
+        },
+        listener,
+    )
+    .await?;
+    println!(
+        "coordinator on {} ({} jobs); output {out}",
+        handle.addr,
+        handle.shared.jobs.len()
+    );
+    if let Some(m) = handle.metrics_addr {
+        println!("metrics on http://{m}/metrics");
+    }
+    let shared = handle.shared.clone();
+    let view = progress_view(move || shared.status());
+    let result = finish(handle, &out).await;
+    let _ = view.await;
+    result
+}
+
+/// `hbac worker`.
+pub async fn worker(a: WorkerArgs) -> Result<()> {
+    let token = a.token.required()?;
+    let mut tls = None;
+    if a.tls_ca.is_some() || a.tls_cert.is_some() {
+        let mut t = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &a.tls_ca {
+            t = t.ca_certificate(Certificate::from_pem(read(ca, "TLS CA")?));
+        }
+        if let (Some(c), Some(k)) = (&a.tls_cert, &a.tls_key) {
+            t = t.identity(Identity::from_pem(
+                read(c, "TLS certificate")?,
+                read(k, "TLS key")?,
+            ));
+        }
+        tls = Some(t);
+    }
+    let id = a.id.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let opts = WorkerOptions {
+        coordinator: a.coordinator.clone(),
+        token,
+        worker_id: id,
+        slots: a.gpus.max(1),
+        backend: backend(a.device),
+        tls,
+        patience: secs(a.patience, "patience")?,
+    };
+    client::run(opts, executor(a.device)?, shutdown_signal()).await?;
+    println!("worker done");
+    Ok(())
+}
+
+/// `hbac local`.
+pub async fn local(mut a: LocalArgs) -> Result<()> {
+    let out = Store::create(&a.out)?;
+    let data = match &a.data {
+        Some(d) => d.clone(),
+        None => {
+            // The built-in defaults: a synthetic data set and the CPU-sized recipe.
+            a.recipe.quick = true;
+            let dir = out.url("data");
+            let store = Store::create(&dir)?;
+            if !store.exists("train.csv").await? {
+                let cfg = SynthConfig {
+                    patients: a.patients,
+                    eeg_files: 1,
+                    concurrency: a.jobs,
+                    ..SynthConfig::default()
+                };
+                let summary = synth::generate(&cfg, &store).await?;
+                println!(
+                    "synthetic data set in {dir}: {} labelled rows, {} test spectrograms",
+                    summary.train_rows, summary.test_spectrograms
+                );
+            }
+            dir
+        }
+    };
+    if a.recipe.quick && a.data.is_none() && a.recipe.k == 5 {
+        a.recipe.k = 3;
+    }
+    let plan = plan(
+        &data,
+        &a.cache,
+        out.root(),
+        &a.schedule.archs,
+        &a.recipe,
+        a.jobs,
+    )?;
+    let token: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..32)
+            .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+            .collect()
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let out_root = plan.out.clone();
+    let jobs = plan.jobs().len();
+    let handle = server::start(
+        Config {
+            plan,
+            settings: a.schedule.settings()?,
+            token: token.clone(),
+            tls: None,
+            metrics_addr: a.schedule.metrics_addr,
+            linger: Duration::from_secs(2),
+        },
+        listener,
+    )
+    .await?;
+    println!(
+        "hbac local: {jobs} jobs ({} × {} folds) on {} in-process workers, coordinator on {}",
+        a.schedule.archs.len(),
+        a.recipe.k,
+        a.workers,
+        handle.addr
+    );
+    let exec = executor(a.device)?;
+    let shutdown = shutdown_signal();
+    let workers: Vec<_> = (0..a.workers.max(1))
+        .map(|i| {
+            let opts = WorkerOptions {
+                coordinator: format!("http://{}", handle.addr),
+                token: token.clone(),
+                worker_id: format!("local-{i}"),
+                slots: 1,
+                backend: backend(a.device),
+                tls: None,
+                patience: Duration::from_secs(30),
+            };
+            tokio::spawn(client::run(opts, exec.clone(), shutdown.clone()))
+        })
+        .collect();
+    let shared = handle.shared.clone();
+    let view = progress_view(move || shared.status());
+    let result = finish(handle, &out_root).await;
+    let _ = view.await;
+    for w in workers {
+        let _ = w.await;
+    }
+    result
+}
+
+/// `hbac status`.
+pub async fn status(a: StatusArgs) -> Result<()> {
+    let token = a.token.required()?;
+    let tls = match &a.tls_ca {
+        Some(ca) => {
+            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "TLS CA")?)))
+        }
+        None => None,
+    };
+    let mut client = client::connect(&a.coordinator, &token, tls)?;
+    let s = client
+        .status(proto::wire::StatusRequest {})
+        .await
+        .map_err(|e| anyhow::anyhow!("coordinator {}: {}", a.coordinator, e.message()))?
+        .into_inner();
+    if a.json {
+        let jobs: Vec<serde_json::Value> = s
+            .jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "job": j.job_id, "arch": j.arch, "fold": j.fold, "state": j.state,
+                    "worker": j.worker, "attempt": j.attempt, "epoch": j.epoch, "epochs": j.epochs,
+                    "train_kl": j.train_kl, "valid_kl": j.valid_kl, "eta_s": j.eta_s,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "state": s.state, "error": s.error, "workers": s.workers, "out": s.out_url, "jobs": jobs,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "run {} · {} worker(s) · output {}",
+        s.state, s.workers, s.out_url
+    );
+    if !s.error.is_empty() {
+        println!("error: {}", s.error);
+    }
+    for j in &s.jobs {
+        println!(
+            "{:28} {:>2}/{:<2} {}",
+            j.job_id,
+            j.epoch,
+            j.epochs,
+            job_line(j)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,447 @@
+//! The worker service loop: register with the coordinator, then on every slot (one per GPU)
+//! lease a job, run it with an [`Executor`] while heartbeating the lease and streaming each
+//! epoch's metrics, and report the outcome. A cancel order from a heartbeat, or shutdown
+//! (SIGTERM / Ctrl-C), stops the job at the next batch and hands the lease back as a
+//! retryable failure. An unreachable coordinator is retried for a while, then reported.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hbac_common::proto::wire::coordinator_client::CoordinatorClient;
+use hbac_common::proto::wire::{self, lease_response, report_request};
+use hbac_common::proto::{AUTH_HEADER, Backend, JobOrder, Registration};
+use tokio::sync::{RwLock, mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+use tracing::{info, warn};
+
+use crate::train::trainer::EpochReport;
+
+/// How one job ended badly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    /// Whether another attempt (elsewhere) could succeed.
+    pub retryable: bool,
+}
+
+/// What a running job tells the loop, and how the loop stops it.
+#[derive(Clone)]
+pub struct Events {
+    pub epochs: mpsc::UnboundedSender<EpochReport>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Result of one job: its `summary.json`, or why it failed.
+pub type Outcome = Result<String, Failure>;
+
+/// Runs jobs: the trainer in production, a timed stand-in in scheduling benchmarks.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs `order` on accelerator `slot`; the order's `out` URL receives its files.
+    fn execute(
+        &self,
+        order: JobOrder,
+        slot: usize,
+        events: Events,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// `http://host:port` (or `https://` with TLS).
+    pub coordinator: String,
+    pub token: String,
+    pub worker_id: String,
+    /// Jobs run at once (one per GPU).
+    pub slots: usize,
+    pub backend: Backend,
+    pub tls: Option<ClientTlsConfig>,
+    /// Give up when the coordinator has been unreachable this long.
+    pub patience: Duration,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("coordinator {url}: {message}")]
+    Refused { url: String, message: String },
+    #[error("coordinator {url} unreachable for {secs} s: {message}")]
+    Unreachable {
+        url: String,
+        secs: u64,
+        message: String,
+    },
+    #[error("coordinator {url}: bad address: {message}")]
+    BadUrl { url: String, message: String },
+}
+
+type Client = CoordinatorClient<InterceptedService<Channel, AuthHeader>>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct AuthHeader(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for AuthHeader {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert(AUTH_HEADER, self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A token-carrying client for `url` (connects lazily, reconnects by itself).
+pub fn connect(
+    url: &str,
+    token: &str,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Client, WorkerError> {
+    let bad = |message: String| WorkerError::BadUrl {
+        url: url.to_string(),
+        message,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+    }
+    let header = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| bad("the token has characters not allowed in a header".into()))?;
+    Ok(CoordinatorClient::with_interceptor(
+        endpoint.connect_lazy(),
+        AuthHeader(header),
+    ))
+}
+
+/// Transient transport trouble worth retrying.
+fn transient(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+    )
+}
+
+struct Ctx {
+    opts: WorkerOptions,
+    client: Client,
+    session: RwLock<String>,
+    /// Heartbeat period the coordinator asked for.
+    heartbeat: std::sync::Mutex<Duration>,
+    executor: Arc<dyn Executor>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    fn refused(&self, s: &Status) -> WorkerError {
+        WorkerError::Refused {
+            url: self.opts.coordinator.clone(),
+            message: s.message().to_string(),
+        }
+    }
+
+    /// Calls `f` until it succeeds, retrying transport errors for `patience`.
+    async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, WorkerError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let start = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match f(self.client.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(s) if transient(&s) && start.elapsed() < self.opts.patience => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(s) if transient(&s) => {
+                    return Err(WorkerError::Unreachable {
+                        url: self.opts.coordinator.clone(),
+                        secs: self.opts.patience.as_secs(),
+                        message: s.message().to_string(),
+                    });
+                }
+                Err(s) => return Err(self.refused(&s)),
+            }
+        }
+    }
+
+    async fn register(&self) -> Result<(), WorkerError> {
+        let reg = Registration {
+            worker_id: self.opts.worker_id.clone(),
+            gpus: self.opts.slots as u32,
+            backend: self.opts.backend,
+        };
+        let resp = self
+            .retry(|mut c| {
+                let req = wire::RegisterRequest::from(&reg);
+                async move { c.register(req).await }
+            })
+            .await?
+            .into_inner();
+        *self.session.write().await = resp.session;
+        *self.heartbeat.lock().unwrap_or_else(|p| p.into_inner()) =
+            Duration::from_millis(resp.heartbeat_ms.max(10));
+        info!(
+            worker = self.opts.worker_id,
+            coordinator = self.opts.coordinator,
+            "registered"
+        );
+        Ok(())
+    }
+}
+
+/// Runs the worker until the run is over (`Ok`), shutdown is requested (`Ok`, leases handed
+/// back), or the coordinator refuses or stays unreachable (`Err`).
+pub async fn run(
+    opts: WorkerOptions,
+    executor: Arc<dyn Executor>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let client = connect(&opts.coordinator, &opts.token, opts.tls.clone())?;
+    let ctx = Arc::new(Ctx {
+        opts,
+        client,
+        session: RwLock::new(String::new()),
+        heartbeat: std::sync::Mutex::new(Duration::from_secs(1)),
+        executor,
+        shutdown,
+    });
+    ctx.register().await?;
+    let slots: Vec<_> = (0..ctx.opts.slots.max(1))
+        .map(|slot| tokio::spawn(slot_loop(ctx.clone(), slot)))
+        .collect();
+    let mut result = Ok(());
+    for s in slots {
+        match s.await {
+            Ok(Err(e)) if result.is_ok() => result = Err(e),
+            _ => {}
+        }
+    }
+    result
+}
+
+/// Sets the cancel flag when dropped: a slot torn down mid-job stops its training thread.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn slot_loop(ctx: Arc<Ctx>, slot: usize) -> Result<(), WorkerError> {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let session = ctx.session.read().await.clone();
+        let leased = ctx
+            .retry(|mut c| {
+                let req = wire::LeaseRequest {
+                    session: session.clone(),
+                    slot: slot as u32,
+                };
+                async move {
+                    match c.lease(req).await {
+                        Err(s) if s.code() == Code::NotFound => Ok(None),
+                        other => other.map(|r| Some(r.into_inner())),
+                    }
+                }
+            })
+            .await?;
+        let Some(resp) = leased else {
+            // Unknown session: the coordinator restarted.
+            ctx.register().await?;
+            continue;
+        };
+        match resp.outcome {
+            Some(lease_response::Outcome::Lease(l)) => run_lease(&ctx, slot, l, &session).await?,
+            Some(lease_response::Outcome::WaitMs(ms)) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms.max(10))) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Some(lease_response::Outcome::Stop(why)) => {
+                info!(slot, reason = why, "coordinator says stop");
+                return Ok(());
+            }
+            None => return Err(ctx.refused(&Status::internal("empty lease response"))),
+        }
+    }
+}
+
+async fn run_lease(
+    ctx: &Arc<Ctx>,
+    slot: usize,
+    lease: wire::Lease,
+    session: &str,
+) -> Result<(), WorkerError> {
+    info!(
+        slot,
+        job = lease.job_id,
+        lease = lease.lease_id,
+        attempt = lease.attempt,
+        "job leased"
+    );
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancel.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel::<EpochReport>();
+    let (wire_tx, wire_rx) = mpsc::unbounded_channel::<wire::EpochMetrics>();
+
+    let outcome = match serde_json::from_str::<JobOrder>(&lease.order_json) {
+        Err(e) => Err(Failure {
+            message: format!("unreadable job order: {e}"),
+            retryable: false,
+        }),
+        Ok(order) => {
+            let epochs = order.train["epochs"].as_u64().unwrap_or(0) as u32;
+            // Metrics: EpochReports → wire messages → one client stream per lease.
+            let (s, id) = (session.to_string(), lease.lease_id.clone());
+            let forward = tokio::spawn(async move {
+                while let Some(r) = rx.recv().await {
+                    let m = wire::EpochMetrics {
+                        session: s.clone(),
+                        lease_id: id.clone(),
+                        epoch: r.epoch as u32 + 1,
+                        epochs,
+                        lr: r.lr,
+                        train_kl: r.train_kl,
+                        valid_kl: r.valid_kl,
+                        seconds: r.seconds,
+                        samples_per_second: r.samples_per_second,
+                        best: r.best,
+                    };
+                    if wire_tx.send(m).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut client = ctx.client.clone();
+            let stream = tokio::spawn(async move {
+                client
+                    .stream_metrics(UnboundedReceiverStream::new(wire_rx))
+                    .await
+            });
+            let beat = tokio::spawn(heartbeat(
+                ctx.clone(),
+                session.to_string(),
+                lease.lease_id.clone(),
+                cancel.clone(),
+            ));
+            let outcome = ctx
+                .executor
+                .execute(
+                    order,
+                    slot,
+                    Events {
+                        epochs: tx,
+                        cancel: cancel.clone(),
+                    },
+                )
+                .await;
+            beat.abort();
+            let _ = forward.await;
+            if let Ok(Err(e)) = stream.await {
+                warn!(error = %e, "metrics stream ended with an error");
+            }
+            outcome
+        }
+    };
+    let stopping = *ctx.shutdown.borrow();
+    let result = match outcome {
+        Ok(summary_json) => report_request::Result::Success(wire::Success {
+            out_url: serde_json::from_str::<JobOrder>(&lease.order_json)
+                .map(|o| o.out)
+                .unwrap_or_default(),
+            summary_json,
+        }),
+        Err(f) => {
+            warn!(
+                job = lease.job_id,
+                retryable = f.retryable,
+                error = f.message,
+                "job failed"
+            );
+            report_request::Result::Failure(wire::Failure {
+                message: if stopping {
+                    format!("worker {} is shutting down", ctx.opts.worker_id)
+                } else {
+                    f.message
+                },
+                retryable: f.retryable || stopping,
+            })
+        }
+    };
+    let req = wire::ReportRequest {
+        session: session.to_string(),
+        lease_id: lease.lease_id.clone(),
+        result: Some(result),
+    };
+    let resp = ctx
+        .retry(|mut c| {
+            let req = req.clone();
+            async move { c.report(req).await }
+        })
+        .await;
+    match resp {
+        Ok(r) if !r.get_ref().accepted => {
+            warn!(
+                lease = lease.lease_id,
+                reason = r.get_ref().reason,
+                "report not accepted"
+            )
+        }
+        Ok(_) => info!(job = lease.job_id, "reported"),
+        // A restarted coordinator forgot the session: the lease is gone anyway.
+        Err(WorkerError::Refused { message, .. }) => {
+            warn!(lease = lease.lease_id, message, "report refused")
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Renews the lease until aborted; a cancel order or shutdown sets `cancel`.
+async fn heartbeat(ctx: Arc<Ctx>, session: String, lease_id: String, cancel: Arc<AtomicBool>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let period = *ctx.heartbeat.lock().unwrap_or_else(|p| p.into_inner());
+    let mut next = tokio::time::Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            cancel.store(true, Ordering::SeqCst);
+        }
+        if tokio::time::Instant::now() >= next {
+            let req = wire::HeartbeatRequest {
+                session: session.clone(),
+                lease_id: lease_id.clone(),
+            };
+            match ctx.client.clone().heartbeat(req).await {
+                Ok(r) if r.get_ref().cancel => {
+                    warn!(
+                        lease = lease_id,
+                        reason = r.get_ref().reason,
+                        "cancel order"
+                    );
+                    cancel.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "heartbeat failed"),
+            }
+            next = tokio::time::Instant::now() + period;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
