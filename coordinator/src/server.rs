@@ -55,6 +55,7 @@ pub struct Handle {
     pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     task: JoinHandle<Result<Report, RunError>>,
+    serving: tokio::task::AbortHandle,
 }
 
 impl Handle {
@@ -69,6 +70,7 @@ impl Handle {
     /// Stops the coordinator at once, as a crash would (the journal stays as it was).
     pub fn abort(&self) {
         self.task.abort();
+        self.serving.abort();
     }
 }
 
@@ -131,6 +133,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
         },
     ));
     info!(%addr, out = shared.out.root(), "coordinator listening");
+    let serving_abort = serving.abort_handle();
 
     let run = shared.clone();
     let task = tokio::spawn(async move {
@@ -150,6 +153,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
         metrics_addr,
         shared,
         task,
+        serving: serving_abort,
     })
 }
 

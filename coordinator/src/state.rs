@@ -246,7 +246,10 @@ impl State {
             RunState::Failed(e) => return Ok(LeaseOutcome::Stop(format!("the run failed: {e}"))),
         }
         let Some(index) = self.jobs.iter().position(|j| j.state == JobState::Pending) else {
-            return Ok(LeaseOutcome::Wait(self.settings.heartbeat()));
+            // Short waits: idle workers learn quickly that the run ended (see `linger`).
+            return Ok(LeaseOutcome::Wait(
+                self.settings.heartbeat().min(Duration::from_millis(500)),
+            ));
         };
         let job = &mut self.jobs[index];
         job.attempts += 1;

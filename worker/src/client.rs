@@ -214,17 +214,28 @@ pub async fn run(
         shutdown,
     });
     ctx.register().await?;
-    let slots: Vec<_> = (0..ctx.opts.slots.max(1))
-        .map(|slot| tokio::spawn(slot_loop(ctx.clone(), slot)))
-        .collect();
+    // A JoinSet aborts its tasks when dropped: a worker torn down mid-job stops everything.
+    let mut slots = tokio::task::JoinSet::new();
+    for slot in 0..ctx.opts.slots.max(1) {
+        slots.spawn(slot_loop(ctx.clone(), slot));
+    }
     let mut result = Ok(());
-    for s in slots {
-        match s.await {
+    while let Some(s) = slots.join_next().await {
+        match s {
             Ok(Err(e)) if result.is_ok() => result = Err(e),
             _ => {}
         }
     }
     result
+}
+
+/// Aborts a helper task when the job that owns it ends or is torn down.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sets the cancel flag when dropped: a slot torn down mid-job stops its training thread.
@@ -306,7 +317,7 @@ async fn run_lease(
             let epochs = order.train["epochs"].as_u64().unwrap_or(0) as u32;
             // Metrics: EpochReports → wire messages → one client stream per lease.
             let (s, id) = (session.to_string(), lease.lease_id.clone());
-            let forward = tokio::spawn(async move {
+            let mut forward = AbortOnDrop(tokio::spawn(async move {
                 while let Some(r) = rx.recv().await {
                     let m = wire::EpochMetrics {
                         session: s.clone(),
@@ -324,19 +335,19 @@ async fn run_lease(
                         break;
                     }
                 }
-            });
+            }));
             let mut client = ctx.client.clone();
-            let stream = tokio::spawn(async move {
+            let mut stream = AbortOnDrop(tokio::spawn(async move {
                 client
                     .stream_metrics(UnboundedReceiverStream::new(wire_rx))
                     .await
-            });
-            let beat = tokio::spawn(heartbeat(
+            }));
+            let beat = AbortOnDrop(tokio::spawn(heartbeat(
                 ctx.clone(),
                 session.to_string(),
                 lease.lease_id.clone(),
                 cancel.clone(),
-            ));
+            )));
             let outcome = ctx
                 .executor
                 .execute(
@@ -348,9 +359,9 @@ async fn run_lease(
                     },
                 )
                 .await;
-            beat.abort();
-            let _ = forward.await;
-            if let Ok(Err(e)) = stream.await {
+            drop(beat);
+            let _ = (&mut forward.0).await;
+            if let Ok(Err(e)) = (&mut stream.0).await {
                 warn!(error = %e, "metrics stream ended with an error");
             }
             outcome

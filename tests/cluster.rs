@@ -1,0 +1,377 @@
+//! The distributed runner in one process: a coordinator on a loopback port (port 0) and
+//! in-process workers training reduced models over real gRPC; a coordinator as a child process
+//! for the crash-and-restart case. Waits poll with deadlines; nothing sleeps a fixed time.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, Flex};
+use hbac_common::folds::KFold;
+use hbac_common::hms::tables::parse_prob_csv;
+use hbac_common::preprocess::{LabelMode, SampleSelection};
+use hbac_common::proto::wire::coordinator_client::CoordinatorClient;
+use hbac_common::proto::{Backend, wire};
+use hbac_coordinator::plan::{Journal, Plan};
+use hbac_coordinator::server::{self, Config, Handle};
+use hbac_coordinator::state::Settings;
+use hbac_worker::client::{self, Executor, WorkerError, WorkerOptions};
+use hbac_worker::executor::TrainExecutor;
+use hbac_worker::model::{Arch, ModelConfig};
+use hbac_worker::train::trainer::TrainConfig;
+use tokio::sync::watch;
+
+const TOKEN: &str = "s3cret-test-token";
+
+fn train_config(arch: Arch) -> serde_json::Value {
+    let model = ModelConfig::new(arch)
+        .with_width(0.25)
+        .with_downsample(8)
+        .with_bn_momentum(Some(0.9));
+    let cfg = TrainConfig::new(model)
+        .with_epochs(1)
+        .with_batch_size(16)
+        .with_loader_threads(1);
+    serde_json::to_value(&cfg).unwrap()
+}
+
+fn plan(data: &str, out: &Path, k: usize) -> Plan {
+    Plan {
+        data: data.to_string(),
+        cache: format!("{data}/cache"),
+        out: out.display().to_string(),
+        kfold: KFold {
+            k,
+            shuffle: true,
+            seed: Some(42),
+        },
+        selection: SampleSelection::FirstPerSpectrogram,
+        labels: LabelMode::Votes,
+        archs: [Arch::MobileNetV3Large, Arch::EfficientNetV2B2]
+            .iter()
+            .map(|a| (a.name().to_string(), train_config(*a)))
+            .collect(),
+        io_concurrency: 4,
+    }
+}
+
+fn settings(ttl_ms: u64, grace_ms: u64) -> Settings {
+    Settings {
+        lease_ttl: Duration::from_millis(ttl_ms),
+        max_attempts: 3,
+        job_timeout: Duration::from_secs(600),
+        worker_grace: Duration::from_millis(grace_ms),
+    }
+}
+
+async fn start(plan: Plan, settings: Settings) -> Handle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server::start(
+        Config {
+            plan,
+            settings,
+            token: TOKEN.into(),
+            tls: None,
+            metrics_addr: None,
+            linger: Duration::from_millis(1500),
+        },
+        listener,
+    )
+    .await
+    .unwrap()
+}
+
+fn executor() -> Arc<dyn Executor> {
+    Arc::new(TrainExecutor::<Autodiff<Flex>> {
+        device: Arc::new(|_| Default::default()),
+    })
+}
+
+fn options(addr: &str, id: &str, token: &str) -> WorkerOptions {
+    WorkerOptions {
+        coordinator: addr.to_string(),
+        token: token.to_string(),
+        worker_id: id.to_string(),
+        slots: 1,
+        backend: Backend::Cpu,
+        tls: None,
+        patience: Duration::from_secs(20),
+    }
+}
+
+fn spawn_worker(addr: &str, id: &str) -> tokio::task::JoinHandle<Result<(), WorkerError>> {
+    let (_tx, rx) = watch::channel(false);
+    let opts = options(addr, id, TOKEN);
+    tokio::spawn(async move {
+        let _keep = _tx;
+        client::run(opts, executor(), rx).await
+    })
+}
+
+/// Polls `f` every 50 ms until it holds, failing after `secs`.
+async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn journal(out: &Path) -> Journal {
+    serde_json::from_slice(&std::fs::read(out.join("journal.json")).unwrap()).unwrap()
+}
+
+/// Attempt directories a job's workers created.
+fn attempts(out: &Path, job: &str) -> usize {
+    std::fs::read_dir(out.join("jobs").join(job))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn rows(path: &Path) -> HashMap<i64, [f64; 6]> {
+    parse_prob_csv(&std::fs::read(path).unwrap(), "x")
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.eeg_id, r.values))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 12, 7);
+    let out = tmp.path().join("run");
+    let handle = start(plan(&data, &out, 3), settings(5_000, 60_000)).await;
+    let addr = format!("http://{}", handle.addr);
+    let workers: Vec<_> = (0..3)
+        .map(|i| spawn_worker(&addr, &format!("w{i}")))
+        .collect();
+    let report = handle.wait().await.unwrap();
+    for w in workers {
+        w.await.unwrap().unwrap();
+    }
+    // Every job done exactly once, by one attempt.
+    let j = journal(&out);
+    assert_eq!(j.done.len(), 6);
+    for (job, r) in &j.done {
+        assert_eq!(r.attempt, 1, "{job}");
+        assert_eq!(attempts(&out, job), 1, "{job}");
+    }
+    assert_eq!(report.jobs.len(), 6);
+    assert!(report.cv.is_finite() && report.cv > 0.0);
+    // Each architecture's submission is the mean of its folds' test predictions, and the
+    // ensemble is their weighted mean.
+    let mut per_arch = Vec::new();
+    for arch in ["mobilenetv3-large", "efficientnetv2-b2"] {
+        let folds: Vec<_> = (0..3)
+            .map(|f| rows(&Path::new(&j.done[&format!("{arch}-fold{f}")].out_url).join("test.csv")))
+            .collect();
+        let sub = rows(&out.join(format!("submission-{arch}.csv")));
+        assert_eq!(sub.len(), folds[0].len());
+        for (id, p) in &sub {
+            for c in 0..6 {
+                let mean = folds.iter().map(|f| f[id][c]).sum::<f64>() / 3.0;
+                assert!((p[c] - mean).abs() < 1e-9, "{arch} {id}");
+            }
+        }
+        per_arch.push(sub);
+    }
+    let sub = rows(&out.join("submission.csv"));
+    for (id, p) in &sub {
+        for c in 0..6 {
+            let blend =
+                report.weights[0] * per_arch[0][id][c] + report.weights[1] * per_arch[1][id][c];
+            // The blend is renormalised; rows of float32 probabilities sum to 1 within ~1e-7.
+            assert!((p[c] - blend).abs() < 1e-6, "{id}: {} vs {blend}", p[c]);
+        }
+    }
+    let svg = std::fs::read_to_string(out.join("cv.svg")).unwrap();
+    assert!(svg.contains("mobilenetv3-large f2 valid"));
+    let report_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report_json["jobs"].as_array().unwrap().len(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_s_job_finishes_elsewhere_with_one_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 12, 7);
+    let out = tmp.path().join("run");
+    let handle = start(plan(&data, &out, 2), settings(1_000, 60_000)).await;
+    let addr = format!("http://{}", handle.addr);
+    let victim = spawn_worker(&addr, "victim");
+    let shared = handle.shared.clone();
+    until(60, "the victim to hold a lease", || {
+        shared
+            .status()
+            .jobs
+            .iter()
+            .any(|j| j.state == "leased" && j.worker == "victim")
+    })
+    .await;
+    let job = shared
+        .status()
+        .jobs
+        .into_iter()
+        .find(|j| j.worker == "victim")
+        .unwrap()
+        .job_id;
+    victim.abort();
+    let survivor = spawn_worker(&addr, "survivor");
+    let report = handle.wait().await.unwrap();
+    survivor.await.unwrap().unwrap();
+    let j = journal(&out);
+    assert_eq!(j.done.len(), 4);
+    let r = &j.done[&job];
+    assert_eq!((r.worker.as_str(), r.attempt), ("survivor", 2), "{job}");
+    assert_eq!(report.jobs.iter().filter(|l| l.job == job).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_coordinator_resumes_without_rerunning_finished_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 12, 7);
+    let out = tmp.path().join("run");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let coordinator = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hbac"))
+            .args([
+                "coordinator",
+                "--data",
+                &data,
+                "--out",
+                out.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--k",
+                "2",
+                "--archs",
+                "mobilenetv3-large",
+                "--width",
+                "0.25",
+                "--downsample",
+                "8",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--lease-ttl",
+                "2",
+                "--linger",
+                "1",
+            ])
+            .env("HBAC_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = coordinator();
+    let worker = spawn_worker(&format!("http://127.0.0.1:{port}"), "w");
+    let journal_path = out.join("journal.json");
+    until(120, "a first accepted result", || {
+        std::fs::read(&journal_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Journal>(&b).ok())
+            .is_some_and(|j| !j.done.is_empty())
+    })
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let before = journal(&out).done;
+    let mut second = coordinator();
+    let status = tokio::task::spawn_blocking(move || second.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "restarted coordinator failed");
+    worker.await.unwrap().unwrap();
+    let after = journal(&out).done;
+    assert_eq!(after.len(), 2);
+    for (job, r) in &before {
+        assert_eq!(&after[job], r, "{job} was not re-run");
+        assert_eq!(attempts(&out, job), 1, "{job}");
+    }
+    assert!(out.join("submission.csv").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_workers_the_run_fails_after_the_grace_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 6, 7);
+    let out = tmp.path().join("run");
+    let handle = start(plan(&data, &out, 2), settings(1_000, 800)).await;
+    let started = Instant::now();
+    let err = handle.wait().await.unwrap_err().to_string();
+    assert!(err.contains("no worker has been connected"), "{err}");
+    assert!(err.contains("4 job(s) not done"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_or_protocol_version_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 6, 7);
+    let out = tmp.path().join("run");
+    let handle = start(plan(&data, &out, 2), settings(1_000, 60_000)).await;
+    let addr = format!("http://{}", handle.addr);
+    let (_tx, rx) = watch::channel(false);
+    let err = client::run(options(&addr, "intruder", "wrong"), executor(), rx)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("missing or wrong worker token"), "{err}");
+
+    let mut c = client::connect(&addr, TOKEN, None).unwrap();
+    let err = c
+        .register(wire::RegisterRequest {
+            protocol_version: 99,
+            worker_id: "old".into(),
+            gpus: 1,
+            backend: "cpu".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("protocol version 99"),
+        "{}",
+        err.message()
+    );
+    // Health is served without a token.
+    let mut raw = CoordinatorClient::connect(addr.clone()).await.unwrap();
+    let err = raw.status(wire::StatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_input_fails_the_run_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 6, 7);
+    let spectra = tmp.path().join("data/train_spectrograms");
+    let victim = std::fs::read_dir(&spectra)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::write(&victim, b"not parquet").unwrap();
+    let out = tmp.path().join("run");
+    let handle = start(plan(&data, &out, 2), settings(2_000, 60_000)).await;
+    let worker = spawn_worker(&format!("http://{}", handle.addr), "w");
+    let err = handle.wait().await.unwrap_err().to_string();
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "{err}");
+    // The worker is told to stop and exits cleanly.
+    worker.await.unwrap().unwrap();
+    // A failed run leaves no submission.
+    assert!(!out.join("submission.csv").exists());
+}
