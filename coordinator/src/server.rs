@@ -94,10 +94,10 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
         plan: cfg.plan.clone(),
         jobs,
         out,
-        journal: tokio::sync::Mutex::new(()),
+        journal: tokio::sync::Mutex::new(0),
         changed: tokio::sync::Notify::new(),
     });
-    shared.save_journal().await?;
+    shared.save_journal(0).await?;
 
     let addr = listener
         .local_addr()
@@ -176,7 +176,8 @@ async fn drive(shared: &Arc<Shared>, cfg: &Config) -> Result<Report, RunError> {
             _ = shared.changed.notified() => {}
         }
     }
-    shared.save_journal().await?;
+    let accepted = shared.lock().accepted;
+    shared.save_journal(accepted).await?;
     let done = shared.lock().done();
     info!("every job is done; aggregating");
     let report = aggregate(&shared.plan, &shared.jobs, &done, &shared.out).await?;

@@ -24,8 +24,9 @@ pub struct Shared {
     pub plan: Plan,
     pub jobs: Vec<JobDef>,
     pub out: Store,
-    /// Orders journal writes (each writes the latest state).
-    pub journal: tokio::sync::Mutex<()>,
+    /// Orders journal writes and holds the number of accepted results the journal on storage
+    /// already includes (group commit: one write covers every result accepted before it).
+    pub journal: tokio::sync::Mutex<usize>,
     /// Woken whenever a job ends or the run state changes.
     pub changed: tokio::sync::Notify,
 }
@@ -35,11 +36,20 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the journal with the results accepted so far.
-    pub async fn save_journal(&self) -> hbac_common::Result<()> {
-        let _order = self.journal.lock().await;
-        let done = self.lock().done();
-        Journal::save(&self.out, &self.plan, done).await
+    /// Makes sure the journal on storage includes the first `accepted` results: returns at
+    /// once if a write that started after them has finished, else writes the latest state.
+    pub async fn save_journal(&self, accepted: usize) -> hbac_common::Result<()> {
+        let mut written = self.journal.lock().await;
+        if *written >= accepted && accepted > 0 {
+            return Ok(());
+        }
+        let (done, count) = {
+            let s = self.lock();
+            (s.done(), s.accepted)
+        };
+        Journal::save(&self.out, &self.plan, done).await?;
+        *written = count;
+        Ok(())
     }
 
     /// The run as `hbac status` and the progress view show it.
@@ -254,14 +264,17 @@ impl Coordinator for Service {
                     attempt: 0,
                     worker: worker.clone(),
                 };
-                let verdict = self.0.lock().complete(&req.lease_id, r).map(|_| ());
-                if verdict.is_ok() {
+                let verdict = {
+                    let mut s = self.0.lock();
+                    s.complete(&req.lease_id, r).map(|_| s.accepted)
+                };
+                if let Ok(accepted) = verdict {
                     info!(lease = req.lease_id, worker, "result accepted");
-                    if let Err(e) = self.0.save_journal().await {
+                    if let Err(e) = self.0.save_journal(accepted).await {
                         warn!(error = %e, "could not write the journal; will retry with the next change");
                     }
                 }
-                verdict
+                verdict.map(|_| ())
             }
             Some(report_request::Result::Failure(f)) => {
                 warn!(

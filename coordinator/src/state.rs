@@ -159,6 +159,8 @@ pub struct State {
     pub workers: HashMap<String, Worker>,
     pub run: RunState,
     pub counters: Counters,
+    /// Results accepted by this coordinator so far (orders journal writes).
+    pub accepted: usize,
     /// Since when no worker has been heard from (`None` while one is).
     idle_since: Instant,
 }
@@ -198,6 +200,7 @@ impl State {
             workers: HashMap::new(),
             run: RunState::Running,
             counters: Counters::default(),
+            accepted: 0,
             idle_since: now,
         };
         s.check_finished();
@@ -321,6 +324,7 @@ impl State {
         result.worker = lease.worker.clone();
         result.attempt = self.jobs[index].attempts;
         self.jobs[index].state = JobState::Done(result);
+        self.accepted += 1;
         self.check_finished();
         Ok(index)
     }
