@@ -360,13 +360,7 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
         &a.recipe,
         a.jobs,
     )?;
-    let token: String = {
-        use rand::Rng;
-        let mut rng = rand::rng();
-        (0..32)
-            .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
-            .collect()
-    };
+    let token = hbac_coordinator::state::random_hex(32);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let out_root = plan.out.clone();
     let jobs = plan.jobs().len();

@@ -217,29 +217,16 @@ impl Coordinator for Service {
         while let Some(m) = stream.next().await {
             let m = m?;
             received += 1;
-            let p = Progress {
-                epoch: m.epoch as usize,
-                epochs: m.epochs as usize,
-                train_kl: Some(m.train_kl),
-                valid_kl: m.valid_kl,
-                seconds: 0.0,
-            };
             let mut s = self.0.lock();
             let _ = s.touch(&m.session, now());
-            // Keep the running total of epoch seconds for the ETA.
-            let seconds = s
-                .jobs
-                .iter()
-                .find_map(|j| match &j.state {
-                    JobState::Leased(l) if l.id == m.lease_id => Some(l.progress.seconds),
-                    _ => None,
-                })
-                .unwrap_or(0.0);
             s.epoch(
                 &m.lease_id,
                 Progress {
-                    seconds: seconds + m.seconds,
-                    ..p
+                    epoch: m.epoch as usize,
+                    epochs: m.epochs as usize,
+                    train_kl: Some(m.train_kl),
+                    valid_kl: m.valid_kl,
+                    seconds: m.seconds,
                 },
             );
         }

@@ -56,7 +56,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Seconds left, from the mean epoch time so far.
+    /// Seconds left, from the mean epoch time so far (`seconds` is the total of the epochs
+    /// reported).
     pub fn eta(&self) -> Option<f64> {
         (self.epoch > 0 && self.epochs >= self.epoch)
             .then(|| self.seconds / self.epoch as f64 * (self.epochs - self.epoch) as f64)
@@ -165,7 +166,8 @@ pub struct State {
     idle_since: Instant,
 }
 
-fn token(n: usize) -> String {
+/// `n` random hexadecimal digits (sessions, lease ids, the local run's token).
+pub fn random_hex(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
         .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
@@ -209,7 +211,7 @@ impl State {
 
     /// Registers a worker; returns its session id.
     pub fn register(&mut self, id: &str, gpus: u32, backend: &str, now: Instant) -> String {
-        let session = token(16);
+        let session = random_hex(16);
         self.workers.insert(
             session.clone(),
             Worker {
@@ -256,7 +258,7 @@ impl State {
         };
         let job = &mut self.jobs[index];
         job.attempts += 1;
-        let lease_id = format!("{}-a{}-{}", job.def.id, job.attempts, token(6));
+        let lease_id = format!("{}-a{}-{}", job.def.id, job.attempts, random_hex(6));
         job.state = JobState::Leased(Lease {
             id: lease_id.clone(),
             session: session.to_string(),
@@ -301,11 +303,13 @@ impl State {
         }
     }
 
-    /// Records one epoch of a leased job; false if the lease is not current.
+    /// Records one epoch of a leased job (`p.seconds` is that epoch's time; the lease keeps
+    /// the running total for the ETA); false if the lease is not current.
     pub fn epoch(&mut self, lease_id: &str, p: Progress) -> bool {
         match self.leased(lease_id) {
             Some((_, l)) => {
-                l.progress = p;
+                let seconds = l.progress.seconds + p.seconds;
+                l.progress = Progress { seconds, ..p };
                 self.counters.epochs += 1;
                 true
             }

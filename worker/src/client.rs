@@ -308,7 +308,9 @@ async fn run_lease(
     let (tx, mut rx) = mpsc::unbounded_channel::<EpochReport>();
     let (wire_tx, wire_rx) = mpsc::unbounded_channel::<wire::EpochMetrics>();
 
-    let outcome = match serde_json::from_str::<JobOrder>(&lease.order_json) {
+    let order = serde_json::from_str::<JobOrder>(&lease.order_json);
+    let out_url = order.as_ref().map(|o| o.out.clone()).unwrap_or_default();
+    let outcome = match order {
         Err(e) => Err(Failure {
             message: format!("unreadable job order: {e}"),
             retryable: false,
@@ -370,9 +372,7 @@ async fn run_lease(
     let stopping = *ctx.shutdown.borrow();
     let result = match outcome {
         Ok(summary_json) => report_request::Result::Success(wire::Success {
-            out_url: serde_json::from_str::<JobOrder>(&lease.order_json)
-                .map(|o| o.out)
-                .unwrap_or_default(),
+            out_url,
             summary_json,
         }),
         Err(f) => {
