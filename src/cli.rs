@@ -153,7 +153,8 @@ pub fn init_tracing(global: &Global) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| hbac_common::progress::LogWriter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match global.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -197,16 +198,16 @@ pub struct TrainArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RecipeArgs {
     /// Number of folds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, env = "HBAC_K")]
     pub k: usize,
     /// Seed of the fold split (scikit-learn random_state, shuffle=True).
     #[arg(long, default_value_t = 42)]
     pub folds_seed: u64,
-    /// A CPU-sized run: width 0.25, input pooled by 8, batch 16, 6 epochs, peak LR 3e-3,
+    /// A CPU-sized run: width 0.25, input pooled by 8, batch 16, 12 epochs, peak LR 3e-3,
     /// BatchNorm momentum 0.9, every labelled row (explicit flags still win).
     #[arg(long)]
     pub quick: bool,
-    /// [default: 13; --quick: 6]
+    /// [default: 13; --quick: 12]
     #[arg(long)]
     pub epochs: Option<usize>,
     /// [default: 64; --quick: 16]
@@ -249,9 +250,11 @@ pub struct RecipeArgs {
     #[arg(long, default_value_t = 2)]
     pub loader_threads: usize,
     /// ImageNet weights for the backbone: timm's tf_mobilenetv3_large_100 or
-    /// tf_efficientnetv2_b2 state dict (.safetensors or .pth), a path or URL.
-    #[arg(long, env = "HBAC_PRETRAINED")]
-    pub pretrained: Option<String>,
+    /// tf_efficientnetv2_b2 state dict (.safetensors or .pth), a path or URL. With several
+    /// architectures give one per architecture, as ARCH=URL (repeat the flag, or separate
+    /// with commas); a plain URL applies to every architecture without its own.
+    #[arg(long, env = "HBAC_PRETRAINED", value_delimiter = ',')]
+    pub pretrained: Vec<String>,
 }
 
 /// Where the coordinator is and how to prove we may talk to it.
@@ -272,7 +275,8 @@ pub struct ScheduleArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "mobilenetv3-large,efficientnetv2-b2"
+        default_value = "mobilenetv3-large,efficientnetv2-b2",
+        env = "HBAC_ARCHS"
     )]
     pub archs: Vec<hbac_worker::model::Arch>,
     /// A lease not renewed for this many seconds expires; its job is re-queued.

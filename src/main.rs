@@ -1,14 +1,9 @@
 //! `hbac`: the single binary for every role (see `hbac --help`).
 
-mod backend;
-mod cli;
-mod commands;
-mod recipe;
-mod runner;
-
 use std::process::ExitCode;
 
 use clap::Parser;
+use hbac::{cli, commands};
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

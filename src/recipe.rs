@@ -40,7 +40,7 @@ impl RecipeArgs {
     /// The full training configuration for `arch`.
     pub fn train_config(&self, arch: Arch) -> Result<TrainConfig> {
         let q = self.quick;
-        let epochs = self.epochs.unwrap_or(if q { 6 } else { 13 });
+        let epochs = self.epochs.unwrap_or(if q { 12 } else { 13 });
         let batch_size = self.batch_size.unwrap_or(if q { 16 } else { 64 });
         let width = self.width.unwrap_or(if q { 0.25 } else { 1.0 });
         let downsample = self.downsample.unwrap_or(if q { 8 } else { 1 });
@@ -84,6 +84,71 @@ impl RecipeArgs {
             .with_augment(augment)
             .with_seed(self.seed)
             .with_loader_threads(self.loader_threads)
-            .with_pretrained(self.pretrained.clone()))
+            .with_pretrained(self.pretrained_for(arch)?))
+    }
+
+    /// The `--pretrained` file for `arch`: its own `ARCH=URL` entry, else the one plain URL.
+    fn pretrained_for(&self, arch: Arch) -> Result<Option<String>> {
+        let mut plain = Vec::new();
+        for entry in &self.pretrained {
+            match entry.split_once('=') {
+                Some((name, url)) if name.parse::<Arch>().is_ok() => {
+                    if name.parse::<Arch>() == Ok(arch) {
+                        return Ok(Some(url.to_string()));
+                    }
+                }
+                _ => plain.push(entry),
+            }
+        }
+        ensure!(
+            plain.len() <= 1,
+            "--pretrained has {} files without an architecture; name each one as ARCH=URL",
+            plain.len()
+        );
+        Ok(plain.pop().cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        recipe: RecipeArgs,
+    }
+
+    fn pretrained(args: &[&str], arch: Arch) -> Result<Option<String>> {
+        let flags = Flags::try_parse_from(std::iter::once("x").chain(args.iter().copied()))?;
+        flags.recipe.pretrained_for(arch)
+    }
+
+    #[test]
+    fn pretrained_files_are_picked_per_architecture() {
+        let both = [
+            "--pretrained",
+            "mobilenetv3-large=s3://w/m.safetensors,efficientnetv2-b2=/w/e.pth?v=1",
+        ];
+        let m = pretrained(&both, Arch::MobileNetV3Large).unwrap();
+        assert_eq!(m.as_deref(), Some("s3://w/m.safetensors"));
+        let e = pretrained(&both, Arch::EfficientNetV2B2).unwrap();
+        assert_eq!(e.as_deref(), Some("/w/e.pth?v=1"));
+        // A plain URL (even one holding '=') serves every architecture without its own.
+        let plain = [
+            "--pretrained",
+            "s3://w/x.pth?v=2",
+            "--pretrained",
+            "efficientnetv2-b2=e",
+        ];
+        let m = pretrained(&plain, Arch::MobileNetV3Large).unwrap();
+        assert_eq!(m.as_deref(), Some("s3://w/x.pth?v=2"));
+        let e = pretrained(&plain, Arch::EfficientNetV2B2).unwrap();
+        assert_eq!(e.as_deref(), Some("e"));
+        assert_eq!(pretrained(&[], Arch::EfficientNetV2B2).unwrap(), None);
+        let err = pretrained(&["--pretrained", "a.pth,b.pth"], Arch::EfficientNetV2B2);
+        assert!(err.unwrap_err().to_string().contains("name each one"));
     }
 }

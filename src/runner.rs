@@ -16,7 +16,7 @@ use hbac_coordinator::server::{self, Config, Handle};
 use hbac_coordinator::state::Settings;
 use hbac_worker::client::{self, Executor, WorkerOptions};
 use hbac_worker::executor::TrainExecutor;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing::info;
@@ -161,7 +161,7 @@ fn progress_view(
     status: impl Fn() -> StatusResponse + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let multi = MultiProgress::new();
+        let multi = hbac_common::progress::bars();
         let style = ProgressStyle::with_template("{prefix:28} {bar:20} {pos:>2}/{len:2} {msg}")
             .expect("valid template");
         let mut bars: Vec<ProgressBar> = Vec::new();

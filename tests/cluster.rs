@@ -375,3 +375,102 @@ async fn a_corrupt_input_fails_the_run_naming_the_file() {
     // A failed run leaves no submission.
     assert!(!out.join("submission.csv").exists());
 }
+
+/// A CA, a server certificate for 127.0.0.1 / localhost and a client certificate, in PEM.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki(name: &str) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca: ca.pem(),
+        server: leaf(vec!["localhost".into(), "127.0.0.1".into()]),
+        client: leaf(vec![format!("{name}-worker")]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_runs_the_job_and_refuses_clients_without_a_trusted_certificate() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+    let good = pki("cluster");
+    let rogue = pki("rogue");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 6, 7);
+    let out = tmp.path().join("run");
+    let mut plan = plan(&data, &out, 2);
+    plan.archs.truncate(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let handle = server::start(
+        Config {
+            plan,
+            settings: settings(5_000, 60_000),
+            token: TOKEN.into(),
+            tls: Some(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&good.server.0, &good.server.1))
+                    .client_ca_root(Certificate::from_pem(&good.ca)),
+            ),
+            metrics_addr: None,
+            linger: Duration::from_millis(1500),
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    let https = format!("https://{}", handle.addr);
+    let tls = |ca: &str, client: Option<&(String, String)>| {
+        let t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        match client {
+            Some((cert, key)) => t.identity(Identity::from_pem(cert, key)),
+            None => t,
+        }
+    };
+    let status = |tls: Option<ClientTlsConfig>, url: String| async move {
+        let mut c = client::connect(&url, TOKEN, tls).unwrap();
+        c.status(wire::StatusRequest {}).await
+    };
+
+    // Refused: plain text, no client certificate, a client certificate from another CA, and a
+    // server the client does not trust.
+    let addr = handle.addr;
+    assert!(status(None, format!("http://{addr}")).await.is_err());
+    assert!(
+        status(Some(tls(&good.ca, None)), https.clone())
+            .await
+            .is_err()
+    );
+    let other = Some(tls(&good.ca, Some(&rogue.client)));
+    assert!(status(other, https.clone()).await.is_err());
+    let untrusted = Some(tls(&rogue.ca, Some(&good.client)));
+    let err = status(untrusted, https.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+
+    // Accepted: the status call and a whole run from a worker with a trusted certificate.
+    let ok = status(Some(tls(&good.ca, Some(&good.client))), https.clone()).await;
+    assert_eq!(ok.unwrap().into_inner().jobs.len(), 2);
+    let mut opts = options(&https, "tls-worker", TOKEN);
+    opts.tls = Some(tls(&good.ca, Some(&good.client)));
+    let (_tx, rx) = watch::channel(false);
+    let worker = tokio::spawn(client::run(opts, executor(), rx));
+    handle.wait().await.unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(journal(&out).done.len(), 2);
+    assert!(out.join("submission.csv").exists());
+}
