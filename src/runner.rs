@@ -437,7 +437,8 @@ pub async fn status(a: StatusArgs) -> Result<()> {
             })
             .collect();
         let v = serde_json::json!({
-            "state": s.state, "error": s.error, "workers": s.workers, "out": s.out_url, "jobs": jobs,
+            "state": s.state, "error": s.error, "workers": s.workers, "out": s.out_url,
+            "cv_kl": s.cv_kl, "jobs": jobs,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -448,6 +449,9 @@ pub async fn status(a: StatusArgs) -> Result<()> {
     );
     if !s.error.is_empty() {
         println!("error: {}", s.error);
+    }
+    if let Some(cv) = s.cv_kl {
+        println!("cv kaggle kl {cv:.4}: submission.csv, report.json and cv.svg are written");
     }
     for j in &s.jobs {
         println!(

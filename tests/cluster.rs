@@ -149,9 +149,23 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
     let workers: Vec<_> = (0..3)
         .map(|i| spawn_worker(&addr, &format!("w{i}")))
         .collect();
+    let shared = handle.shared.clone();
     let report = handle.wait().await.unwrap();
     for w in workers {
         w.await.unwrap().unwrap();
+    }
+    // The status says finished only with the results written, and shows each job's figures.
+    let status = shared.status();
+    assert_eq!(status.state, "finished");
+    assert_eq!(status.cv_kl, Some(report.cv));
+    for j in &status.jobs {
+        assert_eq!(
+            (j.state.as_str(), j.epoch, j.epochs),
+            ("done", 1, 1),
+            "{}",
+            j.job_id
+        );
+        assert!(j.train_kl.is_some() && j.valid_kl.is_some(), "{}", j.job_id);
     }
     // Every job done exactly once, by one attempt.
     let j = journal(&out);

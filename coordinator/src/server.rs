@@ -96,6 +96,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
         out,
         journal: tokio::sync::Mutex::new(0),
         changed: tokio::sync::Notify::new(),
+        cv: std::sync::OnceLock::new(),
     });
     shared.save_journal(0).await?;
 
@@ -138,8 +139,18 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
     let run = shared.clone();
     let task = tokio::spawn(async move {
         let result = drive(&run, &cfg).await;
-        if let Err(e) = &result {
-            error!(error = %e, "run failed");
+        match &result {
+            Ok(report) => {
+                let _ = run.cv.set(report.cv);
+            }
+            Err(e) => {
+                error!(error = %e, "run failed");
+                // Every job may be done while aggregation failed: status must say failed.
+                let mut s = run.lock();
+                if !matches!(s.run, RunState::Failed(_)) {
+                    s.run = RunState::Failed(e.to_string());
+                }
+            }
         }
         // Keep answering "stop" for a while so workers exit cleanly, then close.
         tokio::time::sleep(cfg.linger).await;

@@ -29,6 +29,9 @@ pub struct Shared {
     pub journal: tokio::sync::Mutex<usize>,
     /// Woken whenever a job ends or the run state changes.
     pub changed: tokio::sync::Notify,
+    /// The run's CV score, set once the results are written: until then a run whose jobs are
+    /// all done is "aggregating", not "finished".
+    pub cv: std::sync::OnceLock<f64>,
 }
 
 impl Shared {
@@ -58,7 +61,8 @@ impl Shared {
         let now = Instant::now().into_std();
         let (state, error) = match &s.run {
             RunState::Running => ("running", String::new()),
-            RunState::Finished => ("finished", String::new()),
+            RunState::Finished if self.cv.get().is_some() => ("finished", String::new()),
+            RunState::Finished => ("aggregating", String::new()),
             RunState::Failed(e) => ("failed", e.clone()),
         };
         let jobs = s
@@ -67,7 +71,7 @@ impl Shared {
             .map(|j| {
                 let (worker, p) = match &j.state {
                     JobState::Leased(l) => (l.worker.clone(), l.progress.clone()),
-                    JobState::Done(r) => (r.worker.clone(), Progress::default()),
+                    JobState::Done(r) => (r.worker.clone(), Progress::of_result(r)),
                     _ => (String::new(), Progress::default()),
                 };
                 wire::JobStatus {
@@ -81,7 +85,9 @@ impl Shared {
                     epochs: p.epochs as u32,
                     train_kl: p.train_kl,
                     valid_kl: p.valid_kl,
-                    eta_s: p.eta(),
+                    eta_s: matches!(j.state, JobState::Leased(_))
+                        .then(|| p.eta())
+                        .flatten(),
                 }
             })
             .collect();
@@ -91,7 +97,7 @@ impl Shared {
             workers: s.live_workers(now) as u32,
             jobs,
             out_url: self.out.root().to_string(),
-            cv_kl: None,
+            cv_kl: self.cv.get().copied(),
         }
     }
 }

@@ -56,6 +56,31 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A finished job's final figures from its `summary.json`: every epoch run, the last
+    /// epoch's train KL and the best (kept) validation KL. Unreadable summaries give none.
+    pub fn of_result(r: &JobResult) -> Progress {
+        #[derive(Deserialize)]
+        struct Epoch {
+            train_kl: f64,
+            seconds: f64,
+        }
+        #[derive(Deserialize)]
+        struct Summary {
+            valid_kl: f64,
+            history: Vec<Epoch>,
+        }
+        match serde_json::from_str::<Summary>(&r.summary_json) {
+            Ok(s) => Progress {
+                epoch: s.history.len(),
+                epochs: s.history.len(),
+                train_kl: s.history.last().map(|e| e.train_kl),
+                valid_kl: Some(s.valid_kl),
+                seconds: s.history.iter().map(|e| e.seconds).sum(),
+            },
+            Err(_) => Progress::default(),
+        }
+    }
+
     /// Seconds left, from the mean epoch time so far (`seconds` is the total of the epochs
     /// reported).
     pub fn eta(&self) -> Option<f64> {
@@ -460,6 +485,29 @@ mod tests {
             LeaseOutcome::Job(g) => g,
             other => panic!("expected a job, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_finished_job_shows_its_last_train_and_best_valid_kl() {
+        let result = |summary: &str| JobResult {
+            out_url: "u".into(),
+            summary_json: summary.into(),
+            attempt: 1,
+            worker: "w".into(),
+        };
+        let summary = r#"{"best_epoch": 0, "valid_kl": 0.5, "history": [
+            {"epoch": 0, "train_kl": 1.0, "valid_kl": 0.5, "seconds": 2.0},
+            {"epoch": 1, "train_kl": 0.8, "valid_kl": 0.7, "seconds": 3.0}]}"#;
+        let p = Progress::of_result(&result(summary));
+        assert_eq!((p.epoch, p.epochs), (2, 2));
+        assert_eq!(
+            (p.train_kl, p.valid_kl, p.seconds),
+            (Some(0.8), Some(0.5), 5.0)
+        );
+        assert_eq!(
+            Progress::of_result(&result("not json")),
+            Progress::default()
+        );
     }
 
     #[test]
