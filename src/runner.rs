@@ -318,7 +318,14 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
         tls,
         patience: secs(a.patience, "patience")?,
     };
-    client::run(opts, executor(a.device)?, shutdown_signal()).await?;
+    let shutdown = shutdown_signal();
+    client::run(opts, executor(a.device)?, shutdown.clone()).await?;
+    // Exit 0 only when the run is over: a worker stopped by a signal has not finished its part
+    // (for the Kubernetes worker Job, a zero exit ends the whole Job).
+    anyhow::ensure!(
+        !*shutdown.borrow(),
+        "stopped by a signal; running jobs were handed back to the coordinator"
+    );
     println!("worker done");
     Ok(())
 }

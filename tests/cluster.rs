@@ -488,3 +488,55 @@ async fn mutual_tls_runs_the_job_and_refuses_clients_without_a_trusted_certifica
     assert_eq!(journal(&out).done.len(), 2);
     assert!(out.join("submission.csv").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_hands_the_lease_back_and_the_worker_exits_non_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 6, 7);
+    let out = tmp.path().join("run");
+    let mut plan = plan(&data, &out, 2);
+    plan.archs.truncate(1);
+    plan.archs[0].1["epochs"] = 200.into(); // still training when the signal comes
+    // A lease lifetime far beyond the test: only a hand-back can re-queue the job.
+    let handle = start(plan, settings(120_000, 60_000)).await;
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_hbac"))
+        .args(["worker", "--coordinator", &format!("http://{}", handle.addr)])
+        .args(["--id", "term", "--log-format", "json"])
+        .env("HBAC_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shared = handle.shared.clone();
+    let training = || {
+        shared
+            .status()
+            .jobs
+            .iter()
+            .any(|j| j.worker == "term" && j.epoch >= 1)
+    };
+    until(120, "the worker's first epoch", training).await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let exited = tokio::task::spawn_blocking(move || {
+        let status = worker.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    });
+    let (status, stderr) = tokio::time::timeout(Duration::from_secs(60), exited)
+        .await
+        .expect("the worker stops within a minute of SIGTERM")
+        .unwrap();
+    assert!(!status.success(), "a signalled worker must not exit 0");
+    assert!(stderr.contains("handed back"), "{stderr}");
+    // The job is pending again at once (the lease has not expired), with its attempt counted.
+    let s = handle.shared.status();
+    let job = s.jobs.iter().find(|j| j.attempt == 1).expect("the leased job");
+    assert_eq!(job.state, "pending", "{job:?}");
+    assert_eq!(handle.shared.lock().counters.lease_expiries, 0);
+    handle.abort();
+}
