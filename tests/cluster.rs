@@ -500,7 +500,11 @@ async fn sigterm_hands_the_lease_back_and_the_worker_exits_non_zero() {
     // A lease lifetime far beyond the test: only a hand-back can re-queue the job.
     let handle = start(plan, settings(120_000, 60_000)).await;
     let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_hbac"))
-        .args(["worker", "--coordinator", &format!("http://{}", handle.addr)])
+        .args([
+            "worker",
+            "--coordinator",
+            &format!("http://{}", handle.addr),
+        ])
         .args(["--id", "term", "--log-format", "json"])
         .env("HBAC_TOKEN", TOKEN)
         .stdout(std::process::Stdio::piped())
@@ -535,7 +539,11 @@ async fn sigterm_hands_the_lease_back_and_the_worker_exits_non_zero() {
     assert!(stderr.contains("handed back"), "{stderr}");
     // The job is pending again at once (the lease has not expired), with its attempt counted.
     let s = handle.shared.status();
-    let job = s.jobs.iter().find(|j| j.attempt == 1).expect("the leased job");
+    let job = s
+        .jobs
+        .iter()
+        .find(|j| j.attempt == 1)
+        .expect("the leased job");
     assert_eq!(job.state, "pending", "{job:?}");
     assert_eq!(handle.shared.lock().counters.lease_expiries, 0);
     handle.abort();

@@ -20,6 +20,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use futures::{StreamExt, TryStreamExt};
 use hbac_common::folds::{KFold, hms_folds};
+use hbac_common::hms::spectrogram::WINDOW;
 use hbac_common::hms::tables::{self, ProbRow};
 use hbac_common::hms::{Class, N_CLASSES};
 use hbac_common::metric;
@@ -82,17 +83,42 @@ async fn load_set(
     samples: Vec<Sample>,
     concurrency: usize,
 ) -> Result<WindowSet, TrainError> {
-    let mut ids: Vec<i64> = samples.iter().map(|s| s.spectrogram_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let spectrograms: HashMap<_, _> = futures::stream::iter(ids)
-        .map(|id| async move { cache.load(split, id).await.map(|s| (id, Arc::new(s))) })
+    // Each spectrogram is held only over the rows its samples' windows read.
+    let mut spans: HashMap<i64, (usize, usize)> = HashMap::new();
+    for s in &samples {
+        let span = spans
+            .entry(s.spectrogram_id)
+            .or_insert((s.offset_rows, s.offset_rows));
+        span.0 = span.0.min(s.offset_rows);
+        span.1 = span.1.max(s.offset_rows);
+    }
+    let spectrograms: HashMap<_, _> = futures::stream::iter(spans)
+        .map(|(id, (first, last))| async move {
+            let spec = cache.load(split, id).await?;
+            // An offset past the end stays as it is, for the batch to report with the file.
+            let start = if last < spec.rows { first } else { 0 };
+            let held = spec.crop(start, last + WINDOW);
+            Ok::<_, TrainError>((id, (start, Arc::new(held))))
+        })
         .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await?;
+    let samples = samples
+        .into_iter()
+        .map(|s| {
+            let start = spectrograms[&s.spectrogram_id].0;
+            Sample {
+                offset_rows: s.offset_rows - start,
+                ..s
+            }
+        })
+        .collect();
     Ok(WindowSet {
         samples,
-        spectrograms,
+        spectrograms: spectrograms
+            .into_iter()
+            .map(|(id, (_, spec))| (id, spec))
+            .collect(),
     })
 }
 

@@ -66,6 +66,22 @@ pub struct Spectrogram {
     pub data: Vec<f32>,
 }
 
+impl Spectrogram {
+    /// Rows `[start, end)` of every feature (`end` is clamped to the file's length).
+    pub fn crop(&self, start: usize, end: usize) -> Spectrogram {
+        let end = end.min(self.rows);
+        let start = start.min(end);
+        let data = (0..self.data.len() / self.rows.max(1))
+            .flat_map(|f| &self.data[f * self.rows + start..f * self.rows + end])
+            .copied()
+            .collect();
+        Spectrogram {
+            rows: end - start,
+            data,
+        }
+    }
+}
+
 fn open(bytes: Bytes, file: &str) -> Result<ParquetRecordBatchReaderBuilder<Bytes>> {
     if bytes.is_empty() {
         return Err(Error::invalid(
@@ -261,6 +277,22 @@ pub fn check_eeg(bytes: Bytes, file: &str) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crop_keeps_the_rows_of_every_feature() {
+        // 3 features × 5 rows, value = 10 f + t.
+        let spec = Spectrogram {
+            rows: 5,
+            data: (0..3)
+                .flat_map(|f| (0..5).map(move |t| (10 * f + t) as f32))
+                .collect(),
+        };
+        let c = spec.crop(1, 3);
+        assert_eq!(c.rows, 2);
+        assert_eq!(c.data, [1.0, 2.0, 11.0, 12.0, 21.0, 22.0]);
+        assert_eq!(spec.crop(3, 99).data, [3.0, 4.0, 13.0, 14.0, 23.0, 24.0]);
+        assert_eq!(spec.crop(0, 5), spec);
+    }
 
     #[test]
     fn column_names_match_kaggle() {
