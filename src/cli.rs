@@ -52,6 +52,8 @@ pub enum Command {
     Worker(Box<WorkerArgs>),
     /// Show a coordinator's run: jobs, workers, epochs, losses.
     Status(StatusArgs),
+    /// Drain a worker: it finishes the jobs it holds, takes no new one, and exits with code 3.
+    Drain(DrainArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +364,10 @@ pub struct WorkerArgs {
     pub patience: f64,
 }
 
+/// `hbac worker`'s exit code after `hbac drain` (0 means the run is over; 1 an error or a
+/// signal).
+pub const DRAINED_EXIT_CODE: u8 = 3;
+
 #[derive(Debug, Args)]
 pub struct LocalArgs {
     /// Data set root [default: a synthetic data set generated into <out>/data, with --quick].
@@ -391,8 +397,9 @@ pub struct LocalArgs {
     pub jobs: usize,
 }
 
+/// How an operator's command (`status`, `drain`) reaches a coordinator.
 #[derive(Debug, Args)]
-pub struct StatusArgs {
+pub struct AdminArgs {
     /// The coordinator, e.g. http://127.0.0.1:50051.
     #[arg(
         long,
@@ -405,9 +412,24 @@ pub struct StatusArgs {
     /// CA certificate (PEM) to verify a TLS coordinator.
     #[arg(long)]
     pub tls_ca: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// The worker's id, as `hbac status` shows it.
+    #[arg(long)]
+    pub worker: String,
 }
 
 #[derive(Debug, Args)]

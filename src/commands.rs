@@ -29,6 +29,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Coordinator(a) => crate::runner::coordinator(*a).await,
         Command::Worker(a) => crate::runner::worker(*a).await,
         Command::Status(a) => crate::runner::status(a).await,
+        Command::Drain(a) => crate::runner::drain(a).await,
     }
 }
 

@@ -8,3 +8,5 @@ pub mod cli;
 pub mod commands;
 mod recipe;
 mod runner;
+
+pub use runner::Drained;

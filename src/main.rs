@@ -17,6 +17,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<hbac::Drained>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(cli::DRAINED_EXIT_CODE)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -14,7 +14,7 @@ use hbac_coordinator::aggregate::Report;
 use hbac_coordinator::plan::Plan;
 use hbac_coordinator::server::{self, Config, Handle};
 use hbac_coordinator::state::Settings;
-use hbac_worker::client::{self, Executor, WorkerOptions};
+use hbac_worker::client::{self, Ended, Executor, WorkerOptions};
 use hbac_worker::executor::TrainExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
@@ -23,7 +23,8 @@ use tracing::info;
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    CoordinatorArgs, LocalArgs, RecipeArgs, ScheduleArgs, StatusArgs, TokenArgs, WorkerArgs,
+    AdminArgs, CoordinatorArgs, DrainArgs, LocalArgs, RecipeArgs, ScheduleArgs, StatusArgs,
+    TokenArgs, WorkerArgs,
 };
 
 fn secs(s: f64, flag: &str) -> Result<Duration> {
@@ -318,16 +319,18 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
         tls,
         patience: secs(a.patience, "patience")?,
     };
-    let shutdown = shutdown_signal();
-    client::run(opts, executor(a.device)?, shutdown.clone()).await?;
-    // Exit 0 only when the run is over: a worker stopped by a signal has not finished its part
-    // (for the Kubernetes worker Job, a zero exit ends the whole Job).
-    anyhow::ensure!(
-        !*shutdown.borrow(),
-        "stopped by a signal; running jobs were handed back to the coordinator"
-    );
-    println!("worker done");
-    Ok(())
+    // Exit 0 only when the run is over (for the Kubernetes worker Job, a zero exit ends the
+    // whole Job): a drained worker exits with its own code, a signalled one with an error.
+    match client::run(opts, executor(a.device)?, shutdown_signal()).await? {
+        Ended::RunOver => {
+            println!("worker done");
+            Ok(())
+        }
+        Ended::Drained => Err(Drained.into()),
+        Ended::Shutdown => {
+            bail!("stopped by a signal; running jobs were handed back to the coordinator")
+        }
+    }
 }
 
 /// `hbac local`.
@@ -416,8 +419,24 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
     result
 }
 
-/// `hbac status`.
-pub async fn status(a: StatusArgs) -> Result<()> {
+/// The error a drained worker ends with; `main` turns it into
+/// [`DRAINED_EXIT_CODE`](crate::cli::DRAINED_EXIT_CODE).
+#[derive(Debug)]
+pub struct Drained;
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "drained: this worker's jobs are done and it takes no new one (the run goes on)"
+        )
+    }
+}
+
+impl std::error::Error for Drained {}
+
+/// A token-carrying client for an operator's command.
+fn admin_client(a: &AdminArgs) -> Result<client::Client> {
     let token = a.token.required()?;
     let tls = match &a.tls_ca {
         Some(ca) => {
@@ -425,11 +444,31 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut client = client::connect(&a.coordinator, &token, tls)?;
-    let s = client
+    Ok(client::connect(&a.coordinator, &token, tls)?)
+}
+
+/// `hbac drain`.
+pub async fn drain(a: DrainArgs) -> Result<()> {
+    let r = admin_client(&a.admin)?
+        .drain(proto::wire::DrainRequest {
+            worker_id: a.worker.clone(),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("coordinator {}: {}", a.admin.coordinator, e.message()))?
+        .into_inner();
+    println!(
+        "worker {}: draining ({} registration(s)); it exits after its {} running job(s)",
+        a.worker, r.sessions, r.jobs
+    );
+    Ok(())
+}
+
+/// `hbac status`.
+pub async fn status(a: StatusArgs) -> Result<()> {
+    let s = admin_client(&a.admin)?
         .status(proto::wire::StatusRequest {})
         .await
-        .map_err(|e| anyhow::anyhow!("coordinator {}: {}", a.coordinator, e.message()))?
+        .map_err(|e| anyhow::anyhow!("coordinator {}: {}", a.admin.coordinator, e.message()))?
         .into_inner();
     if a.json {
         let jobs: Vec<serde_json::Value> = s

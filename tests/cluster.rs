@@ -18,7 +18,7 @@ use hbac_common::proto::{Backend, wire};
 use hbac_coordinator::plan::{Journal, Plan};
 use hbac_coordinator::server::{self, Config, Handle};
 use hbac_coordinator::state::Settings;
-use hbac_worker::client::{self, Executor, WorkerError, WorkerOptions};
+use hbac_worker::client::{self, Ended, Executor, WorkerError, WorkerOptions};
 use hbac_worker::executor::TrainExecutor;
 use hbac_worker::model::{Arch, ModelConfig};
 use hbac_worker::train::trainer::TrainConfig;
@@ -102,7 +102,7 @@ fn options(addr: &str, id: &str, token: &str) -> WorkerOptions {
     }
 }
 
-fn spawn_worker(addr: &str, id: &str) -> tokio::task::JoinHandle<Result<(), WorkerError>> {
+fn spawn_worker(addr: &str, id: &str) -> tokio::task::JoinHandle<Result<Ended, WorkerError>> {
     let (_tx, rx) = watch::channel(false);
     let opts = options(addr, id, TOKEN);
     tokio::spawn(async move {
@@ -152,7 +152,7 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
     let shared = handle.shared.clone();
     let report = handle.wait().await.unwrap();
     for w in workers {
-        w.await.unwrap().unwrap();
+        assert_eq!(w.await.unwrap().unwrap(), Ended::RunOver);
     }
     // The status says finished only with the results written, and shows each job's figures.
     let status = shared.status();
@@ -306,7 +306,7 @@ async fn a_restarted_coordinator_resumes_without_rerunning_finished_jobs() {
         .await
         .unwrap();
     assert!(status.success(), "restarted coordinator failed");
-    worker.await.unwrap().unwrap();
+    assert_eq!(worker.await.unwrap().unwrap(), Ended::RunOver);
     let after = journal(&out).done;
     assert_eq!(after.len(), 2);
     for (job, r) in &before {
@@ -385,7 +385,7 @@ async fn a_corrupt_input_fails_the_run_naming_the_file() {
     let name = victim.file_name().unwrap().to_str().unwrap();
     assert!(err.contains(name), "{err}");
     // The worker is told to stop and exits cleanly.
-    worker.await.unwrap().unwrap();
+    assert_eq!(worker.await.unwrap().unwrap(), Ended::RunOver);
     // A failed run leaves no submission.
     assert!(!out.join("submission.csv").exists());
 }
@@ -484,7 +484,7 @@ async fn mutual_tls_runs_the_job_and_refuses_clients_without_a_trusted_certifica
     let (_tx, rx) = watch::channel(false);
     let worker = tokio::spawn(client::run(opts, executor(), rx));
     handle.wait().await.unwrap();
-    worker.await.unwrap().unwrap();
+    assert_eq!(worker.await.unwrap().unwrap(), Ended::RunOver);
     assert_eq!(journal(&out).done.len(), 2);
     assert!(out.join("submission.csv").exists());
 }
@@ -547,4 +547,59 @@ async fn sigterm_hands_the_lease_back_and_the_worker_exits_non_zero() {
     assert_eq!(job.state, "pending", "{job:?}");
     assert_eq!(handle.shared.lock().counters.lease_expiries, 0);
     handle.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_worker_finishes_its_job_then_leaves_the_rest_to_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 8, 7);
+    let out = tmp.path().join("run");
+    let mut plan = plan(&data, &out, 3);
+    plan.archs.truncate(1);
+    plan.archs[0].1["epochs"] = 4.into();
+    let handle = start(plan, settings(60_000, 60_000)).await;
+    let addr = format!("http://{}", handle.addr);
+    let drained = spawn_worker(&addr, "drained");
+    let shared = handle.shared.clone();
+    until(60, "a job leased to the worker", || {
+        shared.status().jobs.iter().any(|j| j.worker == "drained")
+    })
+    .await;
+    let mut admin = client::connect(&addr, TOKEN, None).unwrap();
+    let r = admin
+        .drain(wire::DrainRequest {
+            worker_id: "drained".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.sessions, r.jobs), (1, 1));
+    let err = admin
+        .drain(wire::DrainRequest {
+            worker_id: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(err.message().contains("nobody"), "{}", err.message());
+    // The drained worker ends after finishing the job it held, which counts.
+    let ended = tokio::time::timeout(Duration::from_secs(120), drained)
+        .await
+        .unwrap();
+    assert_eq!(ended.unwrap().unwrap(), Ended::Drained);
+    let done_by_drained = || {
+        journal(&out)
+            .done
+            .values()
+            .filter(|r| r.worker == "drained")
+            .count()
+    };
+    assert_eq!(done_by_drained(), 1);
+    // Another worker does the rest; the drained one took nothing more.
+    let other = spawn_worker(&addr, "other");
+    let report = handle.wait().await.unwrap();
+    assert_eq!(other.await.unwrap().unwrap(), Ended::RunOver);
+    assert_eq!(report.jobs.len(), 3);
+    assert_eq!(done_by_drained(), 1);
+    assert_eq!(journal(&out).done.len(), 3);
 }

@@ -232,6 +232,16 @@ fn check_overlay(docs: &[Value], gpu: bool) {
     assert_eq!(spec["parallelism"], spec["completions"]);
     assert!(spec["backoffLimitPerIndex"].as_i64().unwrap() >= 1);
     assert_eq!(spec["successPolicy"]["rules"][0]["succeededCount"], 1);
+    // A drained worker's index is retired, not restarted.
+    let rules = spec["podFailurePolicy"]["rules"].as_array().unwrap();
+    let drained = rules
+        .iter()
+        .find(|r| r["action"] == "FailIndex")
+        .expect("a FailIndex rule for drained workers");
+    assert_eq!(
+        drained["onExitCodes"]["values"],
+        serde_json::json!([hbac::cli::DRAINED_EXIT_CODE])
+    );
     let wpod = &spec["template"]["spec"];
     assert_eq!(wpod["restartPolicy"], "Never");
     let wc = container(workers);

@@ -190,6 +190,7 @@ impl Coordinator for Service {
             }
             LeaseOutcome::Wait(d) => lease_response::Outcome::WaitMs(d.as_millis() as u64),
             LeaseOutcome::Stop(why) => lease_response::Outcome::Stop(why),
+            LeaseOutcome::Drain => lease_response::Outcome::Drain("drained by `hbac drain`".into()),
         };
         Ok(Response::new(wire::LeaseResponse {
             outcome: Some(outcome),
@@ -303,6 +304,24 @@ impl Coordinator for Service {
         _req: Request<wire::StatusRequest>,
     ) -> Result<Response<wire::StatusResponse>, Status> {
         Ok(Response::new(self.0.status()))
+    }
+
+    async fn drain(
+        &self,
+        req: Request<wire::DrainRequest>,
+    ) -> Result<Response<wire::DrainResponse>, Status> {
+        let worker = req.into_inner().worker_id;
+        let (sessions, jobs) = self
+            .0
+            .lock()
+            .drain(&worker)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        info!(worker, jobs, "draining");
+        self.0.changed.notify_waiters();
+        Ok(Response::new(wire::DrainResponse {
+            sessions: sessions as u32,
+            jobs: jobs as u32,
+        }))
     }
 }
 

@@ -132,6 +132,8 @@ pub struct Worker {
     pub gpus: u32,
     pub backend: String,
     pub last_seen: Instant,
+    /// Drained: no new lease; it exits once its jobs end.
+    pub draining: bool,
 }
 
 /// Where the run stands.
@@ -157,6 +159,8 @@ pub enum LeaseOutcome {
     Job(Granted),
     Wait(Duration),
     Stop(String),
+    /// The worker is drained.
+    Drain,
 }
 
 /// Counters exported as Prometheus metrics.
@@ -175,6 +179,8 @@ pub struct Counters {
 pub enum Refusal {
     #[error("unknown session {0}: register first (the coordinator may have restarted)")]
     UnknownSession(String),
+    #[error("no worker {0:?} is registered (`hbac status` shows the workers holding jobs)")]
+    UnknownWorker(String),
 }
 
 /// The whole scheduling state.
@@ -244,6 +250,7 @@ impl State {
                 gpus,
                 backend: backend.to_string(),
                 last_seen: now,
+                draining: false,
             },
         );
         session
@@ -267,6 +274,25 @@ impl State {
             .count()
     }
 
+    /// Drains every registration of `worker_id`: no new lease for it. Returns how many
+    /// registrations were drained and how many jobs they still hold.
+    pub fn drain(&mut self, worker_id: &str) -> Result<(usize, usize), Refusal> {
+        let mut sessions = Vec::new();
+        for (session, w) in self.workers.iter_mut().filter(|(_, w)| w.id == worker_id) {
+            w.draining = true;
+            sessions.push(session.clone());
+        }
+        if sessions.is_empty() {
+            return Err(Refusal::UnknownWorker(worker_id.to_string()));
+        }
+        let held = self
+            .jobs
+            .iter()
+            .filter(|j| matches!(&j.state, JobState::Leased(l) if sessions.contains(&l.session)))
+            .count();
+        Ok((sessions.len(), held))
+    }
+
     /// A job for one slot of `session`'s worker, if any is pending.
     pub fn lease(&mut self, session: &str, now: Instant) -> Result<LeaseOutcome, Refusal> {
         let worker = self.touch(session, now)?;
@@ -274,6 +300,9 @@ impl State {
             RunState::Running => {}
             RunState::Finished => return Ok(LeaseOutcome::Stop("the run is finished".into())),
             RunState::Failed(e) => return Ok(LeaseOutcome::Stop(format!("the run failed: {e}"))),
+        }
+        if self.workers[session].draining {
+            return Ok(LeaseOutcome::Drain);
         }
         let Some(index) = self.jobs.iter().position(|j| j.state == JobState::Pending) else {
             // Short waits: idle workers learn quickly that the run ended (see `linger`).
@@ -485,6 +514,24 @@ mod tests {
             LeaseOutcome::Job(g) => g,
             other => panic!("expected a job, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_drained_worker_keeps_its_job_and_gets_no_new_one() {
+        let t0 = Instant::now();
+        let mut s = State::new(jobs(3), &HashMap::new(), settings(), t0);
+        let a = s.register("a", 1, "cpu", t0);
+        let b = s.register("b", 1, "cpu", t0);
+        let g = granted(s.lease(&a, t0).unwrap());
+        assert_eq!(s.drain("a").unwrap(), (1, 1));
+        assert_eq!(
+            s.drain("nobody"),
+            Err(Refusal::UnknownWorker("nobody".into()))
+        );
+        assert_eq!(s.lease(&a, t0).unwrap(), LeaseOutcome::Drain);
+        // Its lease still renews and its result is still accepted.
+        assert!(s.heartbeat(&a, &g.lease_id, t0).is_ok());
+        granted(s.lease(&b, t0).unwrap());
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub enum WorkerError {
     BadUrl { url: String, message: String },
 }
 
-type Client = CoordinatorClient<InterceptedService<Channel, AuthHeader>>;
+pub type Client = CoordinatorClient<InterceptedService<Channel, AuthHeader>>;
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -197,13 +197,24 @@ impl Ctx {
     }
 }
 
-/// Runs the worker until the run is over (`Ok`), shutdown is requested (`Ok`, leases handed
-/// back), or the coordinator refuses or stays unreachable (`Err`).
+/// Why a worker stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Ended {
+    /// The coordinator said the run is over (finished or failed).
+    RunOver,
+    /// The coordinator drained this worker; its jobs ended first.
+    Drained,
+    /// Shutdown was requested; running jobs were handed back.
+    Shutdown,
+}
+
+/// Runs the worker until the run is over, it is drained, or shutdown is requested (leases
+/// handed back); `Err` when the coordinator refuses or stays unreachable.
 pub async fn run(
     opts: WorkerOptions,
     executor: Arc<dyn Executor>,
     shutdown: watch::Receiver<bool>,
-) -> Result<(), WorkerError> {
+) -> Result<Ended, WorkerError> {
     let client = connect(&opts.coordinator, &opts.token, opts.tls.clone())?;
     let ctx = Arc::new(Ctx {
         opts,
@@ -219,12 +230,17 @@ pub async fn run(
     for slot in 0..ctx.opts.slots.max(1) {
         slots.spawn(slot_loop(ctx.clone(), slot));
     }
-    let mut result = Ok(());
+    // Slots end on their own; the worker's ending is the most telling of theirs.
+    let mut result = Ok(Ended::RunOver);
     while let Some(s) = slots.join_next().await {
-        match s {
-            Ok(Err(e)) if result.is_ok() => result = Err(e),
+        match (s, &result) {
+            (Ok(Err(e)), Ok(_)) => result = Err(e),
+            (Ok(Ok(ended)), Ok(so_far)) if ended > *so_far => result = Ok(ended),
             _ => {}
         }
+    }
+    if *ctx.shutdown.borrow() && result.is_ok() {
+        result = Ok(Ended::Shutdown);
     }
     result
 }
@@ -247,11 +263,11 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn slot_loop(ctx: Arc<Ctx>, slot: usize) -> Result<(), WorkerError> {
+async fn slot_loop(ctx: Arc<Ctx>, slot: usize) -> Result<Ended, WorkerError> {
     let mut shutdown = ctx.shutdown.clone();
     loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return Ok(Ended::Shutdown);
         }
         let session = ctx.session.read().await.clone();
         let leased = ctx
@@ -283,7 +299,11 @@ async fn slot_loop(ctx: Arc<Ctx>, slot: usize) -> Result<(), WorkerError> {
             }
             Some(lease_response::Outcome::Stop(why)) => {
                 info!(slot, reason = why, "coordinator says stop");
-                return Ok(());
+                return Ok(Ended::RunOver);
+            }
+            Some(lease_response::Outcome::Drain(why)) => {
+                info!(slot, reason = why, "drained: this slot takes no new job");
+                return Ok(Ended::Drained);
             }
             None => return Err(ctx.refused(&Status::internal("empty lease response"))),
         }
