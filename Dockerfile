@@ -40,7 +40,8 @@ CMD ["--help"]
 # ---- cuda: NVIDIA's runtime image (libnvrtc, libcudart), non-root
 FROM ${CUDA_BASE} AS cuda
 ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    HOME=/tmp
 COPY --from=build-cuda /out/hbac /usr/local/bin/hbac
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/hbac"]
