@@ -146,6 +146,14 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
     let out = tmp.path().join("run");
     let handle = start(plan(&data, &out, 3), settings(5_000, 60_000)).await;
     let addr = format!("http://{}", handle.addr);
+    // Before any worker: every job pending, with the epochs its configuration plans.
+    let before = handle.shared.status();
+    assert!(
+        before
+            .jobs
+            .iter()
+            .all(|j| j.state == "pending" && j.epochs == 1)
+    );
     let workers: Vec<_> = (0..3)
         .map(|i| spawn_worker(&addr, &format!("w{i}")))
         .collect();

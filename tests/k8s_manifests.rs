@@ -225,6 +225,26 @@ fn check_overlay(docs: &[Value], gpu: bool) {
         assert_eq!(&labels[k], v, "PDB selector {k}");
     }
 
+    // Only worker pods reach the gRPC port; the metrics port is open.
+    let policy = find(docs, "NetworkPolicy", "hbac-coordinator");
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(&labels[k], v, "NetworkPolicy podSelector {k}");
+    }
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let grpc_rule = rules
+        .iter()
+        .find(|r| r["ports"][0]["port"] == "grpc")
+        .expect("an ingress rule for the gRPC port");
+    let allowed = &grpc_rule["from"][0]["podSelector"]["matchLabels"];
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["ports"][0]["port"] == "metrics" && r.get("from").is_none())
+    );
+
     // The workers: an Indexed Job, one pod per GPU, dialling the Service.
     let workers = find(docs, "Job", "hbac-workers");
     let spec = &workers["spec"];
@@ -243,6 +263,13 @@ fn check_overlay(docs: &[Value], gpu: bool) {
         serde_json::json!([hbac::cli::DRAINED_EXIT_CODE])
     );
     let wpod = &spec["template"]["spec"];
+    let worker_labels = &spec["template"]["metadata"]["labels"];
+    for (k, v) in allowed.as_object().unwrap() {
+        assert_eq!(
+            &worker_labels[k], v,
+            "the NetworkPolicy must admit worker pods ({k})"
+        );
+    }
     assert_eq!(wpod["restartPolicy"], "Never");
     let wc = container(workers);
     let Sub::Worker(worker) = parse(docs, wc).command else {

@@ -41,6 +41,13 @@ impl Plan {
             .collect()
     }
 
+    /// Epochs `arch`'s training configuration asks for (the coordinator never links the
+    /// trainer, so it reads the field from the JSON it forwards).
+    pub fn epochs(&self, arch: &str) -> Option<usize> {
+        let (_, train) = self.archs.iter().find(|(a, _)| a == arch)?;
+        train.get("epochs")?.as_u64().map(|e| e as usize)
+    }
+
     /// The order for one attempt of `job`; its files go to `jobs/<job>/<lease>/`.
     pub fn order(&self, job: &JobDef, lease_id: &str) -> JobOrder {
         let train = self

@@ -69,11 +69,15 @@ impl Shared {
             .jobs
             .iter()
             .map(|j| {
-                let (worker, p) = match &j.state {
+                let (worker, mut p) = match &j.state {
                     JobState::Leased(l) => (l.worker.clone(), l.progress.clone()),
                     JobState::Done(r) => (r.worker.clone(), Progress::of_result(r)),
                     _ => (String::new(), Progress::default()),
                 };
+                if p.epochs == 0 {
+                    // Not started (or no epoch reported yet): the planned number of epochs.
+                    p.epochs = self.plan.epochs(&j.def.arch).unwrap_or(0);
+                }
                 wire::JobStatus {
                     job_id: j.def.id.clone(),
                     arch: j.def.arch.clone(),
