@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # One image per backend for the single `hbac` binary; every pod (coordinator, workers) runs it.
 #
 #   docker build --target cpu  -t registry.example.com/hbac:0.1.0-cpu  .
