@@ -368,6 +368,10 @@ pub struct WorkerArgs {
 /// signal).
 pub const DRAINED_EXIT_CODE: u8 = 3;
 
+/// `hbac coordinator`'s (and `hbac local`'s) exit code when the run failed for good (1 is any
+/// other error, e.g. unreadable data, which a restart may get past).
+pub const RUN_FAILED_EXIT_CODE: u8 = 4;
+
 #[derive(Debug, Args)]
 pub struct LocalArgs {
     /// Data set root [default: a synthetic data set generated into <out>/data, with --quick].

@@ -9,4 +9,4 @@ pub mod commands;
 mod recipe;
 mod runner;
 
-pub use runner::Drained;
+pub use runner::Ending;

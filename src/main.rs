@@ -17,13 +17,15 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<hbac::Drained>().is_some() => {
-            eprintln!("{e}");
-            ExitCode::from(cli::DRAINED_EXIT_CODE)
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<hbac::Ending>() {
+            Some(ending) => {
+                eprintln!("{ending}");
+                ExitCode::from(ending.code())
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -229,7 +229,10 @@ fn print_report(r: &Report, out: &str) {
 }
 
 async fn finish(handle: Handle, out: &str) -> Result<()> {
-    let report = handle.wait().await?;
+    let report = match handle.wait().await {
+        Err(server::RunError::Failed(why)) => return Err(Ending::RunFailed(why).into()),
+        other => other?,
+    };
     print_report(&report, out);
     Ok(())
 }
@@ -326,7 +329,7 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
             println!("worker done");
             Ok(())
         }
-        Ended::Drained => Err(Drained.into()),
+        Ended::Drained => Err(Ending::Drained.into()),
         Ended::Shutdown => {
             bail!("stopped by a signal; running jobs were handed back to the coordinator")
         }
@@ -419,21 +422,40 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
     result
 }
 
-/// The error a drained worker ends with; `main` turns it into
-/// [`DRAINED_EXIT_CODE`](crate::cli::DRAINED_EXIT_CODE).
+/// Endings that are not plain errors: `main` exits with their own code, so that a scheduler
+/// (the Kubernetes Jobs' pod failure policies) can tell them from a crash.
 #[derive(Debug)]
-pub struct Drained;
+pub enum Ending {
+    /// `hbac worker` was drained; its jobs are done and the run goes on.
+    Drained,
+    /// The run failed for good: a job failed non-retryably or spent its attempts, or no
+    /// worker came. Restarting the coordinator would not help.
+    RunFailed(String),
+}
 
-impl std::fmt::Display for Drained {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "drained: this worker's jobs are done and it takes no new one (the run goes on)"
-        )
+impl Ending {
+    /// The process's exit code.
+    pub fn code(&self) -> u8 {
+        match self {
+            Ending::Drained => crate::cli::DRAINED_EXIT_CODE,
+            Ending::RunFailed(_) => crate::cli::RUN_FAILED_EXIT_CODE,
+        }
     }
 }
 
-impl std::error::Error for Drained {}
+impl std::fmt::Display for Ending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::Drained => write!(
+                f,
+                "drained: this worker's jobs are done and it takes no new one (the run goes on)"
+            ),
+            Ending::RunFailed(why) => write!(f, "error: the run failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Ending {}
 
 /// A token-carrying client for an operator's command.
 fn admin_client(a: &AdminArgs) -> Result<client::Client> {

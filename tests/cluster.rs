@@ -611,3 +611,35 @@ async fn a_drained_worker_finishes_its_job_then_leaves_the_rest_to_others() {
     assert_eq!(done_by_drained(), 1);
     assert_eq!(journal(&out).done.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_exits_with_its_own_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 6, 7);
+    let out = tmp.path().join("run").display().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hbac"))
+            .args(["coordinator", "--data", &data, "--out", &out, "--k", "2"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--worker-grace",
+                "0.5",
+                "--linger",
+                "0",
+            ])
+            .env("HBAC_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(hbac::cli::RUN_FAILED_EXIT_CODE.into()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no worker has been connected"), "{stderr}");
+}

@@ -167,10 +167,21 @@ fn check_overlay(docs: &[Value], gpu: bool) {
     }
     find(docs, "ServiceAccount", "hbac");
 
-    // The coordinator: a Job restarted on failure, resuming from its journal.
+    // The coordinator: a Job whose new pods resume from the journal.
     let job = find(docs, "Job", "hbac-coordinator");
     let pod = &job["spec"]["template"]["spec"];
-    assert_eq!(pod["restartPolicy"], "OnFailure");
+    assert_eq!(pod["restartPolicy"], "Never");
+    // A run that failed for good fails the Job at once; a crash gets a new pod.
+    let rules = job["spec"]["podFailurePolicy"]["rules"].as_array().unwrap();
+    let fail = rules
+        .iter()
+        .find(|r| r["action"] == "FailJob")
+        .expect("a FailJob rule for failed runs");
+    assert_eq!(
+        fail["onExitCodes"]["values"],
+        serde_json::json!([hbac::cli::RUN_FAILED_EXIT_CODE])
+    );
+    assert!(job["spec"]["backoffLimit"].as_i64().unwrap() >= 1);
     assert_eq!(pod["serviceAccountName"], "hbac");
     let c = container(job);
     let Sub::Coordinator(coord) = parse(docs, c).command else {
