@@ -79,6 +79,8 @@ pub enum WorkerError {
     },
     #[error("coordinator {url}: bad address: {message}")]
     BadUrl { url: String, message: String },
+    #[error("a worker slot crashed: {0}")]
+    SlotCrashed(String),
 }
 
 pub type Client = CoordinatorClient<InterceptedService<Channel, AuthHeader>>;
@@ -235,6 +237,7 @@ pub async fn run(
     while let Some(s) = slots.join_next().await {
         match (s, &result) {
             (Ok(Err(e)), Ok(_)) => result = Err(e),
+            (Err(e), Ok(_)) => result = Err(WorkerError::SlotCrashed(e.to_string())),
             (Ok(Ok(ended)), Ok(so_far)) if ended > *so_far => result = Ok(ended),
             _ => {}
         }
