@@ -351,14 +351,8 @@ pub struct WorkerArgs {
     /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
     #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
     pub device: crate::backend::DeviceKind,
-    /// CA certificate (PEM) to verify a TLS coordinator.
-    #[arg(long)]
-    pub tls_ca: Option<String>,
-    /// Client certificate and key (PEM) for mutual TLS.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<String>,
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<String>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Seconds to keep retrying an unreachable coordinator before giving up.
     #[arg(long, default_value_t = 120.0)]
     pub patience: f64,
@@ -413,9 +407,21 @@ pub struct AdminArgs {
     pub coordinator: String,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
+/// TLS towards a coordinator, for every client role (`worker`, `status`, `drain`).
+#[derive(Debug, Clone, Args)]
+pub struct ClientTlsArgs {
     /// CA certificate (PEM) to verify a TLS coordinator.
     #[arg(long)]
     pub tls_ca: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<String>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<String>,
 }
 
 #[derive(Debug, Args)]

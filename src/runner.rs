@@ -23,8 +23,8 @@ use tracing::info;
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    AdminArgs, CoordinatorArgs, DrainArgs, LocalArgs, RecipeArgs, ScheduleArgs, StatusArgs,
-    TokenArgs, WorkerArgs,
+    AdminArgs, ClientTlsArgs, CoordinatorArgs, DrainArgs, LocalArgs, RecipeArgs, ScheduleArgs,
+    StatusArgs, TokenArgs, WorkerArgs,
 };
 
 fn secs(s: f64, flag: &str) -> Result<Duration> {
@@ -295,20 +295,6 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
 /// `hbac worker`.
 pub async fn worker(a: WorkerArgs) -> Result<()> {
     let token = a.token.required()?;
-    let mut tls = None;
-    if a.tls_ca.is_some() || a.tls_cert.is_some() {
-        let mut t = ClientTlsConfig::new().with_enabled_roots();
-        if let Some(ca) = &a.tls_ca {
-            t = t.ca_certificate(Certificate::from_pem(read(ca, "TLS CA")?));
-        }
-        if let (Some(c), Some(k)) = (&a.tls_cert, &a.tls_key) {
-            t = t.identity(Identity::from_pem(
-                read(c, "TLS certificate")?,
-                read(k, "TLS key")?,
-            ));
-        }
-        tls = Some(t);
-    }
     let id = a.id.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
         format!("{host}-{}", std::process::id())
@@ -319,7 +305,7 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
         worker_id: id,
         slots: a.gpus.max(1),
         backend: backend(a.device),
-        tls,
+        tls: client_tls(&a.tls)?,
         patience: secs(a.patience, "patience")?,
     };
     // Exit 0 only when the run is over (for the Kubernetes worker Job, a zero exit ends the
@@ -460,13 +446,32 @@ impl std::error::Error for Ending {}
 /// A token-carrying client for an operator's command.
 fn admin_client(a: &AdminArgs) -> Result<client::Client> {
     let token = a.token.required()?;
-    let tls = match &a.tls_ca {
+    Ok(client::connect(
+        &a.coordinator,
+        &token,
+        client_tls(&a.tls)?,
+    )?)
+}
+
+/// The TLS settings of a coordinator client (`None`: plain text).
+fn client_tls(a: &ClientTlsArgs) -> Result<Option<ClientTlsConfig>> {
+    if a.tls_ca.is_none() && a.tls_cert.is_none() {
+        return Ok(None);
+    }
+    // The given CA, or else the system's trusted roots (a coordinator with a public certificate).
+    let mut t = match &a.tls_ca {
         Some(ca) => {
-            Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "TLS CA")?)))
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "TLS CA")?))
         }
-        None => None,
+        None => ClientTlsConfig::new().with_native_roots(),
     };
-    Ok(client::connect(&a.coordinator, &token, tls)?)
+    if let (Some(c), Some(k)) = (&a.tls_cert, &a.tls_key) {
+        t = t.identity(Identity::from_pem(
+            read(c, "TLS certificate")?,
+            read(k, "TLS key")?,
+        ));
+    }
+    Ok(Some(t))
 }
 
 /// `hbac drain`.
@@ -476,7 +481,13 @@ pub async fn drain(a: DrainArgs) -> Result<()> {
             worker_id: a.worker.clone(),
         })
         .await
-        .map_err(|e| anyhow::anyhow!("coordinator {}: {}", a.admin.coordinator, e.message()))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "coordinator {}: {}",
+                a.admin.coordinator,
+                client::describe(&e)
+            )
+        })?
         .into_inner();
     println!(
         "worker {}: draining ({} registration(s)); it exits after its {} running job(s)",
@@ -490,7 +501,13 @@ pub async fn status(a: StatusArgs) -> Result<()> {
     let s = admin_client(&a.admin)?
         .status(proto::wire::StatusRequest {})
         .await
-        .map_err(|e| anyhow::anyhow!("coordinator {}: {}", a.admin.coordinator, e.message()))?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "coordinator {}: {}",
+                a.admin.coordinator,
+                client::describe(&e)
+            )
+        })?
         .into_inner();
     if a.json {
         let jobs: Vec<serde_json::Value> = s

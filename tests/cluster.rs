@@ -643,3 +643,63 @@ async fn a_failed_run_exits_with_its_own_code() {
     );
     assert!(stderr.contains("no worker has been connected"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hbac_status_reaches_a_mutual_tls_coordinator_with_its_certificate() {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let pki = pki("cli");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 6, 7);
+    let out = tmp.path().join("run");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let handle = server::start(
+        Config {
+            plan: plan(&data, &out, 2),
+            settings: settings(5_000, 60_000),
+            token: TOKEN.into(),
+            tls: Some(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&pki.server.0, &pki.server.1))
+                    .client_ca_root(Certificate::from_pem(&pki.ca)),
+            ),
+            metrics_addr: None,
+            linger: Duration::from_millis(100),
+        },
+        listener,
+    )
+    .await
+    .unwrap();
+    let file = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", &pki.ca),
+        file("client.pem", &pki.client.0),
+        file("client.key", &pki.client.1),
+    );
+    let url = format!("https://{}", handle.addr);
+    let run = move |with_cert: bool| {
+        let mut args = vec!["status", "--coordinator", &url, "--tls-ca", &ca];
+        if with_cert {
+            args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+        }
+        common::hbac(&args, &[("HBAC_TOKEN", TOKEN)])
+    };
+    let (with, without) = tokio::task::spawn_blocking(move || (run(true), run(false)))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&with.stdout);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert!(stdout.contains("run running"), "{stdout}");
+    assert!(
+        !without.status.success(),
+        "no client certificate must be refused"
+    );
+    handle.abort();
+}

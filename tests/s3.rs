@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use common::hbac;
+use common::{fails, ok_with};
 use hbac_common::storage::Store;
 
 struct Server {
@@ -60,24 +60,6 @@ impl Server {
     }
 }
 
-/// Runs hbac with `env`, requiring success; returns stdout.
-fn run_ok(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = hbac(args, env);
-    assert!(
-        out.status.success(),
-        "hbac {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs hbac with `env`, requiring failure; returns stderr.
-fn run_fails(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = hbac(args, env);
-    assert!(!out.status.success(), "hbac {args:?} should fail");
-    String::from_utf8(out.stderr).unwrap()
-}
-
 #[test]
 fn the_whole_pipeline_runs_on_s3_and_bad_credentials_fail_clearly() {
     let Some(s3) = server() else { return };
@@ -90,11 +72,11 @@ fn the_whole_pipeline_runs_on_s3_and_bad_credentials_fail_clearly() {
     let run = format!("{root}/run");
     let good = s3.good();
 
-    run_ok(
+    ok_with(
         &["synth", "--out", &data, "--patients", "10", "--test", "4"],
         &good,
     );
-    let stdout = run_ok(
+    let stdout = ok_with(
         &[
             "local",
             "--data",
@@ -113,7 +95,7 @@ fn the_whole_pipeline_runs_on_s3_and_bad_credentials_fail_clearly() {
     );
     assert!(stdout.contains("cv ensemble: kaggle kl"), "{stdout}");
     // The submission is read back from the bucket and graded against the hidden test votes.
-    let score = run_ok(
+    let score = ok_with(
         &[
             "score",
             "--solution",
@@ -165,7 +147,7 @@ fn the_whole_pipeline_runs_on_s3_and_bad_credentials_fail_clearly() {
 
     // A wrong secret key: the server refuses the signature; hbac names the URL and stops.
     let wrong_secret = s3.env(&s3.access_key, "not-the-secret");
-    let err = run_fails(
+    let err = fails(
         &["synth", "--out", &format!("{root}/denied")],
         &wrong_secret,
     );
@@ -173,7 +155,7 @@ fn the_whole_pipeline_runs_on_s3_and_bad_credentials_fail_clearly() {
         err.contains("access denied") && err.contains(&root),
         "{err}"
     );
-    let err = run_fails(
+    let err = fails(
         &[
             "local",
             "--data",
@@ -200,7 +182,7 @@ fn the_whole_pipeline_runs_on_s3_and_bad_credentials_fail_clearly() {
         "--out",
         &folds_out,
     ];
-    let err = run_fails(&folds, &unknown);
+    let err = fails(&folds, &unknown);
     assert!(
         err.contains("access denied") && err.contains("train.csv"),
         "{err}"
@@ -221,7 +203,7 @@ fn the_whole_pipeline_runs_on_s3_and_bad_credentials_fail_clearly() {
         ("AWS_SECRET_ACCESS_KEY", s3.secret_key.as_str()),
         ("AWS_REGION", "us-east-1"),
     ];
-    let err = run_fails(&folds, &dead);
+    let err = fails(&folds, &dead);
     assert!(err.contains("train.csv"), "{err}");
     assert!(
         started.elapsed().as_secs() < 60,

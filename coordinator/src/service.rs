@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::plan::{Journal, Plan};
-use crate::state::{JobDef, JobResult, JobState, LeaseOutcome, Progress, RunState, State};
+use crate::state::{JobDef, JobResult, JobState, LeaseOutcome, Progress, Refusal, RunState, State};
 
 /// What the service and the run loop share.
 pub struct Shared {
@@ -106,6 +106,13 @@ impl Shared {
     }
 }
 
+/// A refused call (unknown session or worker) is NOT_FOUND with the reason.
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Status {
+        Status::not_found(r.to_string())
+    }
+}
+
 /// Compares without an early exit, so response time does not reveal the token's prefix.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -168,11 +175,7 @@ impl Coordinator for Service {
         req: Request<wire::LeaseRequest>,
     ) -> Result<Response<wire::LeaseResponse>, Status> {
         let req = req.into_inner();
-        let outcome = self
-            .0
-            .lock()
-            .lease(&req.session, now())
-            .map_err(|e| Status::not_found(e.to_string()))?;
+        let outcome = self.0.lock().lease(&req.session, now())?;
         let outcome = match outcome {
             LeaseOutcome::Job(g) => {
                 let def = &self.0.jobs[g.job];
@@ -249,11 +252,7 @@ impl Coordinator for Service {
         req: Request<wire::ReportRequest>,
     ) -> Result<Response<wire::ReportResponse>, Status> {
         let req = req.into_inner();
-        let worker = self
-            .0
-            .lock()
-            .touch(&req.session, now())
-            .map_err(|e| Status::not_found(e.to_string()))?;
+        let worker = self.0.lock().touch(&req.session, now())?;
         let verdict = match req.result {
             Some(report_request::Result::Success(s)) => {
                 let r = JobResult {
@@ -315,11 +314,7 @@ impl Coordinator for Service {
         req: Request<wire::DrainRequest>,
     ) -> Result<Response<wire::DrainResponse>, Status> {
         let worker = req.into_inner().worker_id;
-        let (sessions, jobs) = self
-            .0
-            .lock()
-            .drain(&worker)
-            .map_err(|e| Status::not_found(e.to_string()))?;
+        let (sessions, jobs) = self.0.lock().drain(&worker)?;
         info!(worker, jobs, "draining");
         self.0.changed.notify_waiters();
         Ok(Response::new(wire::DrainResponse {

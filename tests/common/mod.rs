@@ -17,7 +17,12 @@ pub fn hbac(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 /// Runs `hbac` and requires success, returning stdout.
 pub fn ok(args: &[&str]) -> String {
-    let out = hbac(args, &[]);
+    ok_with(args, &[])
+}
+
+/// Runs `hbac` with extra environment and requires success, returning stdout.
+pub fn ok_with(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = hbac(args, env);
     assert!(
         out.status.success(),
         "hbac {args:?} failed:\n{}",

@@ -110,7 +110,9 @@ pub fn connect(
         .map_err(|e| bad(e.to_string()))?
         .connect_timeout(Duration::from_secs(5));
     if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| bad(format!("TLS settings: {}", chain(&e))))?;
     }
     let header = format!("Bearer {token}")
         .parse()
@@ -119,6 +121,27 @@ pub fn connect(
         endpoint.connect_lazy(),
         AuthHeader(header),
     ))
+}
+
+/// An error with its sources ("transport error: …: …"): tonic's own messages are terse.
+fn chain(e: &dyn std::error::Error) -> String {
+    sources(e.to_string(), e.source())
+}
+
+/// A refused or failed call: its message, then the causes behind it.
+pub fn describe(s: &Status) -> String {
+    sources(s.message().to_string(), std::error::Error::source(s))
+}
+
+fn sources(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    while let Some(e) = source {
+        let part = e.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(&format!(": {part}"));
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// Transient transport trouble worth retrying.
