@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use burn::tensor::backend::AutodiffBackend;
+use crate::ops::TrainBackend;
 use hbac_common::Error;
 use hbac_common::proto::JobOrder;
 use hbac_common::storage::Store;
@@ -19,7 +19,7 @@ use crate::job::{self, JobSpec};
 use crate::train::trainer::{EpochReport, TrainConfig, TrainHooks};
 
 /// Trains on backend `B`; `device(slot)` gives the device of accelerator `slot`.
-pub struct TrainExecutor<B: AutodiffBackend> {
+pub struct TrainExecutor<B: TrainBackend> {
     pub device: Arc<dyn Fn(usize) -> B::Device + Send + Sync>,
 }
 
@@ -60,7 +60,7 @@ async fn spec(order: JobOrder) -> Result<JobSpec, TrainError> {
     })
 }
 
-impl<B: AutodiffBackend> Executor for TrainExecutor<B> {
+impl<B: TrainBackend> Executor for TrainExecutor<B> {
     fn execute(
         &self,
         order: JobOrder,

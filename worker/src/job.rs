@@ -15,9 +15,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::ops::{FusedOps, TrainBackend};
 use burn::module::Module;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use futures::{StreamExt, TryStreamExt};
 use hbac_common::folds::{KFold, hms_folds};
 use hbac_common::hms::spectrogram::WINDOW;
@@ -168,7 +169,7 @@ fn prob_rows(
 }
 
 /// Runs the job on `device`, reporting through `hooks`.
-pub async fn run<B: AutodiffBackend>(
+pub async fn run<B: TrainBackend>(
     spec: &JobSpec,
     device: B::Device,
     hooks: impl TrainHooks + Send + 'static,
@@ -385,7 +386,7 @@ pub async fn run<B: AutodiffBackend>(
 
 /// Predicts every row of the data set's `test.csv` (whole 10-minute windows, offset 0):
 /// one Kaggle submission row per `eeg_id`.
-pub async fn predict_test<B: Backend>(
+pub async fn predict_test<B: FusedOps>(
     model: Model<B>,
     data: &Store,
     cache: &Cache,

@@ -4,6 +4,8 @@
 //! the `hbac` binary picks burn's CPU backend (flex) or CUDA by Cargo feature.
 //!
 //! * [`model`] — the two architectures, KerasCV-exact, and their parameter summary;
+//! * [`ops`] — hbac's own fused conv + BatchNorm + activation ops (CPU and CubeCL kernels,
+//!   autodiff), which the models run on;
 //! * [`train`] — the reference training recipe (loss, schedule, augmentations, loader, loop);
 //! * [`job`] — one (architecture, fold) job end to end, with every output published;
 //! * [`client`] — the worker loop (register, lease, heartbeat, metrics, report);
@@ -13,6 +15,7 @@ pub mod client;
 pub mod executor;
 pub mod job;
 pub mod model;
+pub mod ops;
 pub mod train;
 
 /// Why training could not run or finish.

@@ -6,8 +6,11 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+use crate::ops::FusedOps;
+
 use super::layers::{
-    Act, BnSpec, ConvBn, ConvSpec, InvertedResidual, SqueezeExcite, make_divisible,
+    Act, BnSpec, ConvBn, ConvSpec, InvertedResidual, LayerShape, Path, SqueezeExcite,
+    make_divisible,
 };
 
 /// One stage before scaling: fused?, expansion, output channels, repeats, stride, SE ratio.
@@ -147,14 +150,29 @@ impl<B: Backend> EfficientNetV2<B> {
     pub fn out_channels(&self) -> usize {
         self.top.bn.gamma.dims()[0]
     }
+}
 
+impl<B: Backend> EfficientNetV2<B> {
+    /// Every conv layer in order with its shape, for an input of `input_hw`.
+    pub fn layer_shapes(&self, input_hw: [usize; 2]) -> Vec<LayerShape> {
+        let mut out = vec![self.stem.shape(input_hw)];
+        let mut hw = out[0].output_hw();
+        for b in &self.blocks {
+            hw = b.layer_shapes(hw, &mut out);
+        }
+        out.push(self.top.shape(hw));
+        out
+    }
+}
+
+impl<B: FusedOps> EfficientNetV2<B> {
     /// # Shapes
     /// - `x`: `[N, 3, H, W]` → `[N, 1408, H / 32, W / 32]`
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = self.stem.forward(x);
+    pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
+        let mut x = self.stem.forward_on(x, path);
         for b in &self.blocks {
-            x = b.forward(x);
+            x = b.forward_on(x, path);
         }
-        self.top.forward(x)
+        self.top.forward_on(x, path)
     }
 }

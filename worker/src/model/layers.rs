@@ -1,13 +1,15 @@
 //! Building blocks shared by both architectures: convolution + BatchNorm + activation with
-//! TensorFlow "same" padding, and squeeze-and-excitation.
+//! TensorFlow "same" padding (one fused op, [`crate::ops::conv_bn_act`]), and
+//! squeeze-and-excitation.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::Tensor;
-use burn::tensor::activation::{hard_sigmoid, hard_swish, relu, sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::adaptive_avg_pool2d;
+
+use crate::ops::{ConvGeom, FusedOps, conv_bn_act};
 
 /// BatchNorm settings in burn's convention (`running = (1 - momentum) * running + momentum * batch`).
 #[derive(Debug, Clone, Copy)]
@@ -16,32 +18,7 @@ pub struct BnSpec {
     pub momentum: f64,
 }
 
-/// Activations used by the two architectures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    Identity,
-    Relu,
-    HardSwish,
-    /// Keras' swish = SiLU.
-    Swish,
-    /// Keras MobileNetV3's `relu6(x + 3) / 6`.
-    HardSigmoid,
-    Sigmoid,
-}
-
-impl Act {
-    /// Applies the activation elementwise.
-    pub fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            Act::Identity => x,
-            Act::Relu => relu(x),
-            Act::HardSwish => hard_swish(x),
-            Act::Swish => silu(x),
-            Act::HardSigmoid => hard_sigmoid(x, 1.0 / 6.0, 0.5),
-            Act::Sigmoid => sigmoid(x),
-        }
-    }
-}
+pub use crate::ops::Act;
 
 /// `Conv2d` (no bias, "same" padding) → `BatchNorm` → activation.
 #[derive(Module, Debug)]
@@ -109,11 +86,64 @@ impl<B: Backend> ConvBn<B> {
             act: s.act,
         }
     }
+}
 
+/// How [`ConvBn`] layers run: hbac's fused op, or burn's stock `Conv2d` → `BatchNorm` →
+/// activation (the reference the fused op is tested and benchmarked against). Both compute the
+/// same function and update the BatchNorm running statistics the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Path {
+    #[default]
+    Fused,
+    Stock,
+}
+
+/// A [`ConvBn`] layer's shape at the input size it runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LayerShape {
+    pub geom: ConvGeom,
+    pub cin: usize,
+    pub cout: usize,
+    pub act: Act,
+    /// `[H, W]` of the layer's input.
+    pub input_hw: [usize; 2],
+}
+
+impl LayerShape {
+    /// `[H, W]` of the layer's output.
+    pub fn output_hw(&self) -> [usize; 2] {
+        self.input_hw.map(|v| v.div_ceil(self.geom.stride))
+    }
+}
+
+impl<B: Backend> ConvBn<B> {
+    /// The layer's shape for an input of `input_hw`.
+    pub fn shape(&self, input_hw: [usize; 2]) -> LayerShape {
+        let [cout, per_group, _, _] = self.conv.weight.dims();
+        let geom = ConvGeom::of(&self.conv);
+        LayerShape {
+            geom,
+            cin: if geom.depthwise { cout } else { per_group },
+            cout,
+            act: self.act,
+            input_hw,
+        }
+    }
+}
+
+impl<B: FusedOps> ConvBn<B> {
     /// # Shapes
     /// - `x`: `[N, cin, H, W]` → `[N, cout, ceil(H / stride), ceil(W / stride)]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.act.apply(self.bn.forward(self.conv.forward(x)))
+        self.forward_on(x, Path::Fused)
+    }
+
+    /// [`ConvBn::forward`] on the given [`Path`].
+    pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
+        match path {
+            Path::Fused => conv_bn_act(x, &self.conv, &self.bn, self.act),
+            Path::Stock => self.act.apply(self.bn.forward(self.conv.forward(x))),
+        }
     }
 }
 
@@ -166,20 +196,34 @@ pub struct InvertedResidual<B: Backend> {
 }
 
 impl<B: Backend> InvertedResidual<B> {
+    /// The conv layers in order, in `out`, for an input of `input_hw`; returns the output size.
+    pub fn layer_shapes(&self, input_hw: [usize; 2], out: &mut Vec<LayerShape>) -> [usize; 2] {
+        let mut hw = input_hw;
+        let layers = self.expand.iter().chain(&self.depthwise);
+        for layer in layers.chain(std::iter::once(&self.project)) {
+            let shape = layer.shape(hw);
+            hw = shape.output_hw();
+            out.push(shape);
+        }
+        hw
+    }
+}
+
+impl<B: FusedOps> InvertedResidual<B> {
     /// # Shapes
     /// - `x`: `[N, cin, H, W]` → `[N, cout, H / stride, W / stride]`
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
         let mut y = match &self.expand {
-            Some(e) => e.forward(x.clone()),
+            Some(e) => e.forward_on(x.clone(), path),
             None => x.clone(),
         };
         if let Some(d) = &self.depthwise {
-            y = d.forward(y);
+            y = d.forward_on(y, path);
         }
         if let Some(se) = &self.se {
             y = se.forward(y);
         }
-        y = self.project.forward(y);
+        y = self.project.forward_on(y, path);
         if self.residual { y + x } else { y }
     }
 }

@@ -21,8 +21,9 @@ use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d};
 use serde::{Deserialize, Serialize};
 
 use self::efficientnetv2::EfficientNetV2;
-use self::layers::BnSpec;
+use self::layers::{BnSpec, LayerShape, Path};
 use self::mobilenetv3::MobileNetV3;
+use crate::ops::FusedOps;
 
 /// Which backbone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,13 +116,23 @@ pub enum Backbone<B: Backend> {
     EfficientNetV2(EfficientNetV2<B>),
 }
 
-impl<B: Backend> Backbone<B> {
+impl<B: FusedOps> Backbone<B> {
     /// # Shapes
     /// - `x`: `[N, 3, H, W]` → `[N, C, H / 32, W / 32]` (rounded up)
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
         match self {
-            Backbone::MobileNetV3(m) => m.forward(x),
-            Backbone::EfficientNetV2(m) => m.forward(x),
+            Backbone::MobileNetV3(m) => m.forward_on(x, path),
+            Backbone::EfficientNetV2(m) => m.forward_on(x, path),
+        }
+    }
+}
+
+impl<B: Backend> Backbone<B> {
+    /// Every conv layer in order with its shape, for a backbone input of `input_hw`.
+    pub fn layer_shapes(&self, input_hw: [usize; 2]) -> Vec<LayerShape> {
+        match self {
+            Backbone::MobileNetV3(m) => m.layer_shapes(input_hw),
+            Backbone::EfficientNetV2(m) => m.layer_shapes(input_hw),
         }
     }
 
@@ -172,11 +183,25 @@ impl ModelConfig {
 }
 
 impl<B: Backend> Model<B> {
+    /// Every conv layer of the backbone in order with its shape, for a model input of
+    /// `input_hw` (after the model's own downsampling).
+    pub fn layer_shapes(&self, input_hw: [usize; 2]) -> Vec<LayerShape> {
+        let d = self.downsample;
+        self.backbone.layer_shapes(input_hw.map(|v| v / d))
+    }
+}
+
+impl<B: FusedOps> Model<B> {
     /// Pooled backbone features.
     ///
     /// # Shapes
     /// - `x`: `[N, 3, H, W]` → `[N, C]`
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.features_on(x, Path::Fused)
+    }
+
+    /// [`Model::features`] with the conv layers on the given [`Path`].
+    pub fn features_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 2> {
         let x = if self.rescale {
             x.mul_scalar(1.0 / 255.0)
         } else {
@@ -186,7 +211,7 @@ impl<B: Backend> Model<B> {
             1 => x,
             d => avg_pool2d(x, [d, d], [d, d], [0, 0], true, false),
         };
-        let f = self.backbone.forward(x);
+        let f = self.backbone.forward_on(x, path);
         adaptive_avg_pool2d(f, [1, 1]).flatten(1, 3)
     }
 
@@ -195,6 +220,11 @@ impl<B: Backend> Model<B> {
     /// # Shapes
     /// - `x`: `[N, 3, H, W]` → `[N, num_classes]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        self.head.forward(self.features(x))
+        self.forward_on(x, Path::Fused)
+    }
+
+    /// [`Model::forward`] with the conv layers on the given [`Path`].
+    pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 2> {
+        self.head.forward(self.features_on(x, path))
     }
 }

@@ -10,7 +10,7 @@ use burn::config::Config;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use hbac_common::hms::N_CLASSES;
 use hbac_common::hms::spectrogram::{FEATURES, WINDOW};
@@ -26,6 +26,7 @@ use super::schedule::LrSchedule;
 use crate::TrainError;
 use crate::model::pretrained::Pretrained;
 use crate::model::{Model, ModelConfig};
+use crate::ops::{FusedOps, TrainBackend};
 use crate::train::data::{HostBatch, WindowSet, prefetch};
 
 /// Optimizer choice.
@@ -135,7 +136,7 @@ fn batches(order: &[usize], size: usize) -> Vec<Vec<usize>> {
 /// Trains `cfg.model` on `train`, validating on `valid` after every epoch; `hooks` see progress
 /// and each epoch's report as soon as it exists. The backbone starts from `init` when given
 /// (the weights `cfg.pretrained` names). Deterministic for a given seed and backend.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: TrainBackend>(
     cfg: &TrainConfig,
     train: Arc<WindowSet>,
     valid: Option<Arc<WindowSet>>,
@@ -247,7 +248,7 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// Keras KL and softmax predictions of `model` on every sample of `set`, in order.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: FusedOps>(
     model: &Model<B>,
     set: &Arc<WindowSet>,
     batch_size: usize,

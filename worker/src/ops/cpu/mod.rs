@@ -1,0 +1,214 @@
+//! [`Kernels`] for burn's CPU backend (flex): multi-threaded over samples, planes or channels
+//! on the rayon pool flex itself uses, GEMMs by the `gemm` crate (flex's own), and inner loops
+//! compiled for the best instruction set the CPU has (AVX-512, AVX2 + FMA, or the baseline) by
+//! `multiversion`.
+
+/// Compiles each function for AVX-512, AVX2 + FMA, NEON and the baseline, picking the best
+/// at run time (`multiversion`); helpers they call are `#[inline(always)]` so they are compiled
+/// for the same instruction set.
+macro_rules! simd {
+    ($($item:item)*) => {
+        $(
+            #[multiversion::multiversion(targets(
+                "x86_64+avx512f+avx512vl+avx512bw+avx512dq+avx2+fma",
+                "x86_64+avx2+fma",
+                "aarch64+neon"
+            ))]
+            $item
+        )*
+    };
+}
+
+mod conv;
+mod gemm;
+mod norm;
+
+use burn::backend::Flex;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, TensorData};
+use burn_flex::FlexTensor;
+
+use super::{Act, ConvGeom, Kernels};
+
+/// A flex tensor's values as a contiguous `f32` slice holder.
+struct F32 {
+    tensor: FlexTensor,
+}
+
+impl F32 {
+    fn new(t: FlexTensor) -> Self {
+        assert_eq!(
+            t.dtype(),
+            DType::F32,
+            "hbac's CPU kernels run in f32, got a {:?} tensor",
+            t.dtype()
+        );
+        let tensor = if t.layout().contiguous_offsets().is_some() {
+            t
+        } else {
+            t.to_contiguous()
+        };
+        Self { tensor }
+    }
+
+    fn dims<const D: usize>(&self) -> [usize; D] {
+        let shape = self.tensor.layout().shape();
+        assert_eq!(
+            shape.num_dims(),
+            D,
+            "expected a rank-{D} tensor, got {shape:?}"
+        );
+        std::array::from_fn(|i| shape[i])
+    }
+
+    fn values(&self) -> &[f32] {
+        self.tensor
+            .as_slice::<f32>()
+            .expect("contiguous f32 tensor")
+    }
+}
+
+fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
+}
+
+impl Kernels for Flex {
+    fn conv_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, geom: ConvGeom) -> FlexTensor {
+        let (x, w) = (F32::new(x), F32::new(w));
+        let plan = geom.plan(x.dims(), w.dims::<4>()[0]);
+        assert_eq!(w.dims(), plan.weight_shape(), "conv weight shape");
+        tensor(
+            conv::forward(&plan, x.values(), w.values()),
+            &plan.out_shape(),
+        )
+    }
+
+    fn conv_backward_input(
+        dy: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        geom: ConvGeom,
+        [h, width]: [usize; 2],
+    ) -> FlexTensor {
+        let (dy, w) = (F32::new(dy), F32::new(w));
+        let [n, cout, _, _] = dy.dims();
+        let [_, per_group, _, _] = w.dims();
+        let cin = if geom.depthwise { cout } else { per_group };
+        let plan = geom.plan([n, cin, h, width], cout);
+        assert_eq!(dy.dims(), plan.out_shape(), "conv output gradient shape");
+        tensor(
+            conv::backward_input(&plan, dy.values(), w.values()),
+            &[n, cin, h, width],
+        )
+    }
+
+    fn conv_backward_weight(
+        x: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        geom: ConvGeom,
+    ) -> FlexTensor {
+        let (x, dy) = (F32::new(x), F32::new(dy));
+        let plan = geom.plan(x.dims(), dy.dims::<4>()[1]);
+        assert_eq!(dy.dims(), plan.out_shape(), "conv output gradient shape");
+        tensor(
+            conv::backward_weight(&plan, x.values(), dy.values()),
+            &plan.weight_shape(),
+        )
+    }
+
+    fn bn_act_forward(
+        c: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        act: Act,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (c, gamma, beta) = (F32::new(c), F32::new(gamma), F32::new(beta));
+        let shape = c.dims::<4>();
+        let (y, mean, var) = norm::bn_forward(
+            shape,
+            c.values(),
+            gamma.values(),
+            beta.values(),
+            epsilon,
+            act,
+        );
+        (
+            tensor(y, &shape),
+            tensor(mean, &[shape[1]]),
+            tensor(var, &[shape[1]]),
+        )
+    }
+
+    fn bn_act_backward(
+        dy: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        epsilon: f64,
+        act: Act,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (dy, c) = (F32::new(dy), F32::new(c));
+        let (gamma, beta) = (F32::new(gamma), F32::new(beta));
+        let (mean, var) = (F32::new(mean), F32::new(var));
+        let shape = c.dims::<4>();
+        assert_eq!(dy.dims(), shape, "BatchNorm output gradient shape");
+        let (dc, dgamma, dbeta) = norm::bn_backward(
+            shape,
+            dy.values(),
+            c.values(),
+            gamma.values(),
+            beta.values(),
+            mean.values(),
+            var.values(),
+            epsilon,
+            act,
+        );
+        (
+            tensor(dc, &shape),
+            tensor(dgamma, &[shape[1]]),
+            tensor(dbeta, &[shape[1]]),
+        )
+    }
+
+    fn affine_act_forward(
+        c: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        act: Act,
+    ) -> FlexTensor {
+        let (c, scale, shift) = (F32::new(c), F32::new(scale), F32::new(shift));
+        let shape = c.dims::<4>();
+        tensor(
+            norm::affine_forward(shape, c.values(), scale.values(), shift.values(), act),
+            &shape,
+        )
+    }
+
+    fn affine_act_backward(
+        dy: FloatTensor<Self>,
+        c: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        act: Act,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (dy, c) = (F32::new(dy), F32::new(c));
+        let (scale, shift) = (F32::new(scale), F32::new(shift));
+        let shape = c.dims::<4>();
+        assert_eq!(dy.dims(), shape, "affine output gradient shape");
+        let (dc, dscale, dshift) = norm::affine_backward(
+            shape,
+            dy.values(),
+            c.values(),
+            scale.values(),
+            shift.values(),
+            act,
+        );
+        (
+            tensor(dc, &shape),
+            tensor(dscale, &[shape[1]]),
+            tensor(dshift, &[shape[1]]),
+        )
+    }
+}
