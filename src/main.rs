@@ -5,7 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use hbac::{cli, commands};
 
+/// mimalloc, set to keep freed memory for the next training step (see
+/// `hbac_worker::ops::cpu::retain_freed_memory`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    hbac_worker::ops::cpu::retain_freed_memory();
     let cli = cli::Cli::parse();
     cli::init_tracing(&cli.global);
     let runtime = match tokio::runtime::Runtime::new() {

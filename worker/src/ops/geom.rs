@@ -66,6 +66,15 @@ impl ConvGeom {
         }
     }
 
+    /// A short name: "pointwise", "depthwise 3x3 s2", "dense 3x3 s1".
+    pub fn name(&self) -> String {
+        if self.is_pointwise() {
+            return "pointwise".into();
+        }
+        let kind = if self.depthwise { "depthwise" } else { "dense" };
+        format!("{kind} {k}x{k} s{}", self.stride, k = self.kernel)
+    }
+
     /// Whether this is a 1×1 stride-1 dense convolution (a GEMM over channels).
     pub fn is_pointwise(&self) -> bool {
         !self.depthwise && self.kernel == 1 && self.stride == 1

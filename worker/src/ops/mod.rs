@@ -24,6 +24,7 @@
 mod autodiff;
 pub mod cpu;
 mod geom;
+pub mod profile;
 #[cfg(test)]
 mod tests;
 

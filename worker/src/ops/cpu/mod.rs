@@ -25,10 +25,10 @@ mod norm;
 
 use burn::backend::Flex;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, TensorData, TensorMetadata};
 use burn_flex::FlexTensor;
 
-use super::{Act, ConvGeom, Kernels};
+use super::{Act, ConvGeom, Kernels, profile};
 
 /// A flex tensor's values as a contiguous `f32` slice holder.
 struct F32 {
@@ -68,18 +68,44 @@ impl F32 {
     }
 }
 
+/// A flex tensor's values, owned: its own buffer when nothing else holds it, else a copy.
+fn owned(t: FlexTensor) -> Vec<f32> {
+    assert_eq!(t.dtype(), DType::F32, "hbac's CPU kernels run in f32");
+    t.into_data()
+        .into_vec::<f32>()
+        .expect("an f32 tensor's values")
+}
+
+/// Makes the binaries' allocator (mimalloc) keep freed memory for reuse instead of returning
+/// it to the kernel: a training step frees and re-allocates gigabytes of activations, and
+/// memory given back is page-faulted in and zeroed again on the next step (a quarter of a
+/// CPU step's time). The process keeps its peak footprint, as PyTorch's caching allocator
+/// does. Harmless when mimalloc is not the global allocator.
+pub fn retain_freed_memory() {
+    /// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (the version libmimalloc-sys
+    /// 0.1.49 builds): -1 = never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one integer option; mimalloc reads options on its own allocation paths.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
 impl Kernels for Flex {
     fn conv_forward(x: FloatTensor<Self>, w: FloatTensor<Self>, geom: ConvGeom) -> FlexTensor {
-        let (x, w) = (F32::new(x), F32::new(w));
-        let plan = geom.plan(x.dims(), w.dims::<4>()[0]);
-        assert_eq!(w.dims(), plan.weight_shape(), "conv weight shape");
-        tensor(
-            conv::forward(&plan, x.values(), w.values()),
-            &plan.out_shape(),
+        profile::time(
+            || format!("conv forward, {}", geom.name()),
+            || {
+                let (x, w) = (F32::new(x), F32::new(w));
+                let plan = geom.plan(x.dims(), w.dims::<4>()[0]);
+                assert_eq!(w.dims(), plan.weight_shape(), "conv weight shape");
+                tensor(
+                    conv::forward(&plan, x.values(), w.values()),
+                    &plan.out_shape(),
+                )
+            },
         )
     }
 
@@ -89,15 +115,20 @@ impl Kernels for Flex {
         geom: ConvGeom,
         [h, width]: [usize; 2],
     ) -> FlexTensor {
-        let (dy, w) = (F32::new(dy), F32::new(w));
-        let [n, cout, _, _] = dy.dims();
-        let [_, per_group, _, _] = w.dims();
-        let cin = if geom.depthwise { cout } else { per_group };
-        let plan = geom.plan([n, cin, h, width], cout);
-        assert_eq!(dy.dims(), plan.out_shape(), "conv output gradient shape");
-        tensor(
-            conv::backward_input(&plan, dy.values(), w.values()),
-            &[n, cin, h, width],
+        profile::time(
+            || format!("conv input gradient, {}", geom.name()),
+            || {
+                let (dy, w) = (F32::new(dy), F32::new(w));
+                let [n, cout, _, _] = dy.dims();
+                let [_, per_group, _, _] = w.dims();
+                let cin = if geom.depthwise { cout } else { per_group };
+                let plan = geom.plan([n, cin, h, width], cout);
+                assert_eq!(dy.dims(), plan.out_shape(), "conv output gradient shape");
+                tensor(
+                    conv::backward_input(&plan, dy.values(), w.values()),
+                    &[n, cin, h, width],
+                )
+            },
         )
     }
 
@@ -106,12 +137,17 @@ impl Kernels for Flex {
         dy: FloatTensor<Self>,
         geom: ConvGeom,
     ) -> FlexTensor {
-        let (x, dy) = (F32::new(x), F32::new(dy));
-        let plan = geom.plan(x.dims(), dy.dims::<4>()[1]);
-        assert_eq!(dy.dims(), plan.out_shape(), "conv output gradient shape");
-        tensor(
-            conv::backward_weight(&plan, x.values(), dy.values()),
-            &plan.weight_shape(),
+        profile::time(
+            || format!("conv weight gradient, {}", geom.name()),
+            || {
+                let (x, dy) = (F32::new(x), F32::new(dy));
+                let plan = geom.plan(x.dims(), dy.dims::<4>()[1]);
+                assert_eq!(dy.dims(), plan.out_shape(), "conv output gradient shape");
+                tensor(
+                    conv::backward_weight(&plan, x.values(), dy.values()),
+                    &plan.weight_shape(),
+                )
+            },
         )
     }
 
@@ -124,13 +160,18 @@ impl Kernels for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let (c, gamma, beta) = (F32::new(c), F32::new(gamma), F32::new(beta));
         let shape = c.dims::<4>();
-        let (y, mean, var) = norm::bn_forward(
-            shape,
-            c.values(),
-            gamma.values(),
-            beta.values(),
-            epsilon,
-            act,
+        let (y, mean, var) = profile::time(
+            || "BatchNorm + activation forward".into(),
+            || {
+                norm::bn_forward(
+                    shape,
+                    c.values(),
+                    gamma.values(),
+                    beta.values(),
+                    epsilon,
+                    act,
+                )
+            },
         );
         (
             tensor(y, &shape),
@@ -149,21 +190,30 @@ impl Kernels for Flex {
         epsilon: f64,
         act: Act,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (dy, c) = (F32::new(dy), F32::new(c));
+        let c = F32::new(c);
         let (gamma, beta) = (F32::new(gamma), F32::new(beta));
         let (mean, var) = (F32::new(mean), F32::new(var));
         let shape = c.dims::<4>();
-        assert_eq!(dy.dims(), shape, "BatchNorm output gradient shape");
-        let (dc, dgamma, dbeta) = norm::bn_backward(
+        assert_eq!(
+            dy.shape().as_slice(),
             shape,
-            dy.values(),
-            c.values(),
-            gamma.values(),
-            beta.values(),
-            mean.values(),
-            var.values(),
-            epsilon,
-            act,
+            "BatchNorm output gradient shape"
+        );
+        let (dc, dgamma, dbeta) = profile::time(
+            || "BatchNorm + activation backward".into(),
+            || {
+                norm::bn_backward(
+                    shape,
+                    owned(dy),
+                    c.values(),
+                    gamma.values(),
+                    beta.values(),
+                    mean.values(),
+                    var.values(),
+                    epsilon,
+                    act,
+                )
+            },
         );
         (
             tensor(dc, &shape),
@@ -181,7 +231,10 @@ impl Kernels for Flex {
         let (c, scale, shift) = (F32::new(c), F32::new(scale), F32::new(shift));
         let shape = c.dims::<4>();
         tensor(
-            norm::affine_forward(shape, c.values(), scale.values(), shift.values(), act),
+            profile::time(
+                || "folded BatchNorm + activation forward".into(),
+                || norm::affine_forward(shape, c.values(), scale.values(), shift.values(), act),
+            ),
             &shape,
         )
     }
@@ -193,17 +246,22 @@ impl Kernels for Flex {
         shift: FloatTensor<Self>,
         act: Act,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (dy, c) = (F32::new(dy), F32::new(c));
+        let c = F32::new(c);
         let (scale, shift) = (F32::new(scale), F32::new(shift));
         let shape = c.dims::<4>();
-        assert_eq!(dy.dims(), shape, "affine output gradient shape");
-        let (dc, dscale, dshift) = norm::affine_backward(
-            shape,
-            dy.values(),
-            c.values(),
-            scale.values(),
-            shift.values(),
-            act,
+        assert_eq!(dy.shape().as_slice(), shape, "affine output gradient shape");
+        let (dc, dscale, dshift) = profile::time(
+            || "folded BatchNorm + activation backward".into(),
+            || {
+                norm::affine_backward(
+                    shape,
+                    owned(dy),
+                    c.values(),
+                    scale.values(),
+                    shift.values(),
+                    act,
+                )
+            },
         );
         (
             tensor(dc, &shape),

@@ -1,22 +1,14 @@
 //! BatchNorm (batch statistics or a folded per-channel affine) fused with the activation, on
-//! the CPU, NCHW. Statistics and gradient sums are taken per channel over the pool (read-only
-//! passes, summed in `f64`), outputs written per plane; nothing between the conv output and the
-//! activation output is materialised, and the backward recomputes the pre-activation instead of
-//! keeping it.
+//! the CPU, NCHW. Every pass runs over planes (one sample's channel) on the pool; per-plane
+//! partial results are combined per channel in plane order (in `f64`), so results do not
+//! depend on scheduling. Nothing between the conv output and the activation output is
+//! materialised; the backward writes `dz = dy · act'(z)` over the incoming gradient's buffer
+//! in its first pass and the input gradient over it in the second, so it allocates nothing of
+//! the activation's size.
 
 use rayon::prelude::*;
 
 use crate::ops::Act;
-
-/// Per-channel statistics of `[N, C, P]` data: `f(channel) -> T` over the pool.
-fn per_channel<T: Send, F: Fn(usize) -> T + Sync + Send>(c: usize, f: F) -> Vec<T> {
-    (0..c).into_par_iter().map(f).collect()
-}
-
-/// The `P`-long segments of channel `ch` in `[N, C, P]` data.
-fn segments(data: &[f32], [n, c, p]: [usize; 3], ch: usize) -> impl Iterator<Item = &[f32]> {
-    (0..n).map(move |i| &data[(i * c + ch) * p..][..p])
-}
 
 fn dims([n, c, h, w]: [usize; 4]) -> [usize; 3] {
     [n, c, h * w]
@@ -31,27 +23,35 @@ pub fn bn_forward(
     epsilon: f64,
     act: Act,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let d = dims(shape);
-    let count = (d[0] * d[2]) as f64;
-    let stats = per_channel(d[1], |ch| {
-        let mean = segments(x, d, ch).map(|s| sum(s) as f64).sum::<f64>() / count;
-        let var = segments(x, d, ch)
-            .map(|s| sq_dev(s, mean as f32) as f64)
-            .sum::<f64>()
-            / count;
-        (mean, var)
-    });
-    let (scale, shift): (Vec<f32>, Vec<f32>) = stats
-        .iter()
-        .enumerate()
-        .map(|(ch, &(mean, var))| {
-            let s = gamma[ch] as f64 / (var + epsilon).sqrt();
-            (s as f32, (beta[ch] as f64 - mean * s) as f32)
+    let [n, c, p] = dims(shape);
+    // Per plane: its mean and sum of squared deviations (two passes over a plane, which
+    // stays in cache), merged per channel with Chan et al.'s formula (equal counts).
+    let planes: Vec<(f64, f64)> = x
+        .par_chunks(p.max(1))
+        .map(|s| {
+            let m = sum(s) as f64 / p as f64;
+            (m, sq_dev(s, m as f32) as f64)
         })
-        .unzip();
-    let y = affine_forward(shape, x, &scale, &shift, act);
-    let (mean, var) = stats.iter().map(|&(m, v)| (m as f32, v as f32)).unzip();
-    (y, mean, var)
+        .collect();
+    let mut mean = vec![0.0f32; c];
+    let mut var = vec![0.0f32; c];
+    let mut scale = vec![0.0f32; c];
+    let mut shift = vec![0.0f32; c];
+    for ch in 0..c {
+        let of = |i: usize| planes[i * c + ch];
+        let m = (0..n).map(|i| of(i).0).sum::<f64>() / n as f64;
+        let m2: f64 = (0..n)
+            .map(|i| {
+                let (mi, m2i) = of(i);
+                m2i + p as f64 * (mi - m) * (mi - m)
+            })
+            .sum();
+        let v = m2 / (n * p) as f64;
+        let s = gamma[ch] as f64 / (v + epsilon).sqrt();
+        (mean[ch], var[ch]) = (m as f32, v as f32);
+        (scale[ch], shift[ch]) = (s as f32, (beta[ch] as f64 - m * s) as f32);
+    }
+    (affine_forward(shape, x, &scale, &shift, act), mean, var)
 }
 
 /// `act(scale · x + shift)` per channel.
@@ -64,18 +64,48 @@ pub fn affine_forward(
 ) -> Vec<f32> {
     let [_, c, p] = dims(shape);
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(p)
-        .zip(x.par_chunks(p))
+    y.par_chunks_mut(p.max(1))
+        .zip(x.par_chunks(p.max(1)))
         .enumerate()
         .for_each(|(i, (out, inp))| affine_act(out, inp, scale[i % c], shift[i % c], act));
     y
 }
 
-/// Gradients of [`bn_forward`]: `(dx, dgamma, dbeta)`.
+/// First backward pass: `dz` over `dy` in place; per channel `(Σ dz, Σ dz · (x − m))`, with
+/// `z = scale · x + shift` and `m = centre[channel]`.
+fn dz_pass(
+    [n, c, p]: [usize; 3],
+    dy: &mut [f32],
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    centre: &[f32],
+    act: Act,
+) -> Vec<(f64, f64)> {
+    let planes: Vec<(f32, f32)> = dy
+        .par_chunks_mut(p.max(1))
+        .zip(x.par_chunks(p.max(1)))
+        .enumerate()
+        .map(|(i, (g, v))| {
+            let ch = i % c;
+            dz_in_place(g, v, [scale[ch], shift[ch], centre[ch]], act)
+        })
+        .collect();
+    (0..c)
+        .map(|ch| {
+            (0..n).fold((0.0, 0.0), |(s, sx), i| {
+                let (a, b) = planes[i * c + ch];
+                (s + a as f64, sx + b as f64)
+            })
+        })
+        .collect()
+}
+
+/// Gradients of [`bn_forward`]: `(dx, dgamma, dbeta)`; `dx` reuses `dy`'s buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_backward(
     shape: [usize; 4],
-    dy: &[f32],
+    mut dy: Vec<f32>,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
@@ -85,75 +115,51 @@ pub fn bn_backward(
     act: Act,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = dims(shape);
-    let [_, c, p] = d;
-    let count = (d[0] * p) as f64;
+    let [n, c, p] = d;
+    let count = (n * p) as f64;
     let invstd: Vec<f64> = var
         .iter()
         .map(|&v| 1.0 / (v as f64 + epsilon).sqrt())
         .collect();
-    // z = scale · x + shift = gamma · (x - mean) · invstd + beta
+    // z = scale · x + shift = gamma · (x − mean) · invstd + beta
     let scale: Vec<f32> = (0..c)
         .map(|ch| (gamma[ch] as f64 * invstd[ch]) as f32)
         .collect();
     let shift: Vec<f32> = (0..c)
         .map(|ch| (beta[ch] as f64 - mean[ch] as f64 * scale[ch] as f64) as f32)
         .collect();
-    // Σ dz and Σ dz · (x − mean) per channel (dz = dy · act'(z)).
-    let sums = per_channel(c, |ch| {
-        dz_totals(d, dy, x, ch, [scale[ch], shift[ch], mean[ch]], act)
-    });
+    let sums = dz_pass(d, &mut dy, x, &scale, &shift, mean, act);
     // dbeta = Σ dz; dgamma = Σ dz · xhat = invstd · Σ dz · (x − mean);
     // dx = gamma · invstd · (dz − dbeta / M − xhat · dgamma / M)
     //    = a · (dz − mean(dz)) + b · (x − mean), centred so a one-value channel gets exactly 0.
     let mut dgamma = vec![0.0; c];
     let mut dbeta = vec![0.0; c];
-    let mut coef = vec![(0.0f32, 0.0f32, 0.0f32); c];
+    let mut lin = vec![[0.0f32; 4]; c];
     for ch in 0..c {
         let (s, sxm) = sums[ch];
         let is = invstd[ch];
         let dg = is * sxm;
         dbeta[ch] = s as f32;
         dgamma[ch] = dg as f32;
-        let g = gamma[ch] as f64 * is;
-        // xhat = (x − mean) · is
-        coef[ch] = (g as f32, (s / count) as f32, (-g * dg * is / count) as f32);
+        let a = gamma[ch] as f64 * is;
+        lin[ch] = [
+            a as f32,
+            (s / count) as f32,
+            (-a * dg * is / count) as f32,
+            mean[ch],
+        ];
     }
-    let mut dx = vec![0.0; x.len()];
-    dx.par_chunks_mut(p)
-        .zip(dy.par_chunks(p).zip(x.par_chunks(p)))
+    dy.par_chunks_mut(p.max(1))
+        .zip(x.par_chunks(p.max(1)))
         .enumerate()
-        .for_each(|(i, (out, (g, v)))| {
-            let ch = i % c;
-            let (a, dz_mean, b) = coef[ch];
-            let lin = [a, dz_mean, b, mean[ch]];
-            dx_plane(out, g, v, scale[ch], shift[ch], act, lin);
-        });
-    (dx, dgamma, dbeta)
+        .for_each(|(i, (dz, v))| dx_in_place(dz, v, lin[i % c]));
+    (dy, dgamma, dbeta)
 }
 
-/// `(Σ dz, Σ dz · (x − m))` over channel `ch`, with `dz = dy · act'(scale · x + shift)` and
-/// `[scale, shift, m] = coef`.
-fn dz_totals(
-    d: [usize; 3],
-    dy: &[f32],
-    x: &[f32],
-    ch: usize,
-    coef: [f32; 3],
-    act: Act,
-) -> (f64, f64) {
-    let (mut s, mut sxm) = (0.0f64, 0.0f64);
-    for (g, v) in segments(dy, d, ch).zip(segments(x, d, ch)) {
-        let (a, b) = dz_sums(g, v, coef, act);
-        s += a as f64;
-        sxm += b as f64;
-    }
-    (s, sxm)
-}
-
-/// Gradients of [`affine_forward`]: `(dx, dscale, dshift)`.
+/// Gradients of [`affine_forward`]: `(dx, dscale, dshift)`; `dx` reuses `dy`'s buffer.
 pub fn affine_backward(
     shape: [usize; 4],
-    dy: &[f32],
+    mut dy: Vec<f32>,
     x: &[f32],
     scale: &[f32],
     shift: &[f32],
@@ -161,28 +167,14 @@ pub fn affine_backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = dims(shape);
     let [_, c, p] = d;
-    let sums = per_channel(c, |ch| {
-        dz_totals(d, dy, x, ch, [scale[ch], shift[ch], 0.0], act)
-    });
-    let mut dx = vec![0.0; x.len()];
-    dx.par_chunks_mut(p)
-        .zip(dy.par_chunks(p).zip(x.par_chunks(p)))
+    let sums = dz_pass(d, &mut dy, x, scale, shift, &vec![0.0; c], act);
+    dy.par_chunks_mut(p.max(1))
+        .zip(x.par_chunks(p.max(1)))
         .enumerate()
-        .for_each(|(i, (out, (g, v)))| {
-            let ch = i % c;
-            dx_plane(
-                out,
-                g,
-                v,
-                scale[ch],
-                shift[ch],
-                act,
-                [scale[ch], 0.0, 0.0, 0.0],
-            );
-        });
+        .for_each(|(i, (dz, v))| dx_in_place(dz, v, [scale[i % c], 0.0, 0.0, 0.0]));
     let dscale = sums.iter().map(|&(_, sx)| sx as f32).collect();
     let dshift = sums.iter().map(|&(s, _)| s as f32).collect();
-    (dx, dscale, dshift)
+    (dy, dscale, dshift)
 }
 
 simd! {
@@ -224,34 +216,23 @@ simd! {
         }
     }
 
-    fn dz_sums(dy: &[f32], x: &[f32], coef: [f32; 3], act: Act) -> (f32, f32) {
+    /// `dz = dy · act'(scale · x + shift)` over `dy`; returns `(Σ dz, Σ dz · (x − m))` with
+    /// `coef = [scale, shift, m]`.
+    fn dz_in_place(dy: &mut [f32], x: &[f32], coef: [f32; 3], act: Act) -> (f32, f32) {
         match act {
-            Act::Identity => dz_sums_with(dy, x, coef, Act::Identity),
-            Act::Relu => dz_sums_with(dy, x, coef, Act::Relu),
-            Act::HardSwish => dz_sums_with(dy, x, coef, Act::HardSwish),
-            Act::Swish => dz_sums_with(dy, x, coef, Act::Swish),
-            Act::HardSigmoid => dz_sums_with(dy, x, coef, Act::HardSigmoid),
-            Act::Sigmoid => dz_sums_with(dy, x, coef, Act::Sigmoid),
+            Act::Identity => dz_with(dy, x, coef, Act::Identity),
+            Act::Relu => dz_with(dy, x, coef, Act::Relu),
+            Act::HardSwish => dz_with(dy, x, coef, Act::HardSwish),
+            Act::Swish => dz_with(dy, x, coef, Act::Swish),
+            Act::HardSigmoid => dz_with(dy, x, coef, Act::HardSigmoid),
+            Act::Sigmoid => dz_with(dy, x, coef, Act::Sigmoid),
         }
     }
 
-    /// `dx = a · (dz − dz_mean) + b · (x − m)` with `lin = [a, dz_mean, b, m]`.
-    fn dx_plane(
-        out: &mut [f32],
-        dy: &[f32],
-        x: &[f32],
-        scale: f32,
-        shift: f32,
-        act: Act,
-        lin: [f32; 4],
-    ) {
-        match act {
-            Act::Identity => dx_with(out, dy, x, scale, shift, Act::Identity, lin),
-            Act::Relu => dx_with(out, dy, x, scale, shift, Act::Relu, lin),
-            Act::HardSwish => dx_with(out, dy, x, scale, shift, Act::HardSwish, lin),
-            Act::Swish => dx_with(out, dy, x, scale, shift, Act::Swish, lin),
-            Act::HardSigmoid => dx_with(out, dy, x, scale, shift, Act::HardSigmoid, lin),
-            Act::Sigmoid => dx_with(out, dy, x, scale, shift, Act::Sigmoid, lin),
+    /// `dx = a · (dz − dz_mean) + b · (x − m)` over `dz`, with `[a, dz_mean, b, m] = lin`.
+    fn dx_in_place(dz: &mut [f32], x: &[f32], [a, dz_mean, b, m]: [f32; 4]) {
+        for (d, v) in dz.iter_mut().zip(x) {
+            *d = a * (*d - dz_mean) + b * (v - m);
         }
     }
 }
@@ -264,40 +245,27 @@ fn affine_with(out: &mut [f32], x: &[f32], scale: f32, shift: f32, act: Act) {
 }
 
 #[inline(always)]
-fn dz_sums_with(dy: &[f32], x: &[f32], [scale, shift, m]: [f32; 3], act: Act) -> (f32, f32) {
+fn dz_with(dy: &mut [f32], x: &[f32], [scale, shift, m]: [f32; 3], act: Act) -> (f32, f32) {
     const L: usize = 16;
     let (mut s, mut sx) = ([0.0f32; L], [0.0f32; L]);
     let n = dy.len().min(x.len());
-    let (dy, x) = (&dy[..n], &x[..n]);
-    let (gc, xc) = (dy.chunks_exact(L), x.chunks_exact(L));
+    let (dy, x) = (&mut dy[..n], &x[..n]);
+    let split = n - n % L;
+    let (gh, gt) = dy.split_at_mut(split);
+    let (xh, xt) = x.split_at(split);
     let (mut ts, mut tsx) = (0.0f32, 0.0f32);
-    for (g, v) in gc.remainder().iter().zip(xc.remainder()) {
-        let dz = g * act.grad(v * scale + shift);
-        ts += dz;
-        tsx += dz * (v - m);
+    for (g, v) in gt.iter_mut().zip(xt) {
+        *g *= act.grad(v * scale + shift);
+        ts += *g;
+        tsx += *g * (v - m);
     }
-    for (g, v) in gc.zip(xc) {
+    for (g, v) in gh.chunks_exact_mut(L).zip(xh.chunks_exact(L)) {
         for l in 0..L {
             let dz = g[l] * act.grad(v[l] * scale + shift);
+            g[l] = dz;
             s[l] += dz;
             sx[l] += dz * (v[l] - m);
         }
     }
     (s.iter().sum::<f32>() + ts, sx.iter().sum::<f32>() + tsx)
-}
-
-#[inline(always)]
-fn dx_with(
-    out: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    scale: f32,
-    shift: f32,
-    act: Act,
-    [a, dz_mean, b, m]: [f32; 4],
-) {
-    for ((o, g), v) in out.iter_mut().zip(dy).zip(x) {
-        let dz = g * act.grad(v * scale + shift);
-        *o = a * (dz - dz_mean) + b * (v - m);
-    }
 }
