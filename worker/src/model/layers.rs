@@ -173,12 +173,24 @@ impl<B: Backend> SqueezeExcite<B> {
     /// # Shapes
     /// - `x`: `[N, C, H, W]` → `[N, C, H, W]`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let s = adaptive_avg_pool2d(x.clone(), [1, 1]);
-        let s = self.gate.apply(
-            self.expand
-                .forward(self.inner.apply(self.reduce.forward(s))),
-        );
-        x * s
+        let [n, c, _, _] = x.dims();
+        let s = adaptive_avg_pool2d(x.clone(), [1, 1]).reshape([n, c]);
+        let s = self.gate.apply(dense(
+            &self.expand,
+            self.inner.apply(dense(&self.reduce, s)),
+        ));
+        x * s.reshape([n, c, 1, 1])
+    }
+}
+
+/// A 1×1 convolution with bias over `[N, C, 1, 1]` values, as the matrix product it is
+/// (`[N, cin] → [N, cout]`): one GEMM instead of a convolution over single pixels.
+fn dense<B: Backend>(conv: &Conv2d<B>, s: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [cout, cin, _, _] = conv.weight.dims();
+    let y = s.matmul(conv.weight.val().reshape([cout, cin]).transpose());
+    match &conv.bias {
+        Some(b) => y + b.val().unsqueeze_dim(0),
+        None => y,
     }
 }
 

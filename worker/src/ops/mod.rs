@@ -23,10 +23,12 @@
 
 mod autodiff;
 pub mod cpu;
+#[cfg(feature = "cube")]
+pub mod cube;
 mod geom;
 pub mod profile;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;

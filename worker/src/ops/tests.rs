@@ -316,3 +316,99 @@ fn exp_is_accurate_over_the_whole_range() {
     assert_eq!(super::exp_f32(-1000.0), super::exp_f32(-87.3));
     assert!(super::exp_f32(1000.0).is_finite());
 }
+
+/// The gradient of every trainable tensor of a module and the value of every other one (the
+/// BatchNorm running statistics), in visiting order.
+struct Collect<'a> {
+    grads: &'a <Ad as burn::tensor::backend::AutodiffBackend>::Gradients,
+    gradients: Vec<TensorData>,
+    running: Vec<TensorData>,
+}
+
+impl burn::module::ModuleVisitor<Ad> for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Ad, D>>) {
+        match param.val().grad(self.grads) {
+            Some(g) => self.gradients.push(g.into_data()),
+            None => self.running.push(param.val().into_data()),
+        }
+    }
+}
+
+fn max_abs(t: &TensorData) -> f32 {
+    t.to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+#[test]
+fn a_whole_training_step_matches_stock_ops() {
+    use burn::module::Module;
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+
+    let device = Default::default();
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    for arch in Arch::ALL {
+        let config = ModelConfig::new(arch).with_width(0.5);
+        // One set of weights, materialised (burn initialises parameters lazily), loaded twice.
+        let bytes = recorder
+            .record(config.init::<Ad>(&device).into_record(), ())
+            .unwrap();
+        let x =
+            Tensor::<Ad, 4>::random([3, 3, 96, 128], Distribution::Uniform(0.0, 255.0), &device);
+        let y = burn::tensor::activation::softmax(
+            Tensor::<Ad, 2>::random([3, 6], Distribution::Default, &device),
+            1,
+        );
+        let mut outcomes = Vec::new();
+        for path in [Path::Stock, Path::Fused] {
+            let model = config
+                .init::<Ad>(&device)
+                .load_record(recorder.load(bytes.clone(), &device).unwrap());
+            let loss = crate::train::loss::keras_kl(model.forward_on(x.clone(), path), y.clone());
+            let grads = loss.backward();
+            let mut c = Collect {
+                grads: &grads,
+                gradients: Vec::new(),
+                running: Vec::new(),
+            };
+            model.visit(&mut c);
+            outcomes.push((loss.into_data(), c.gradients, c.running));
+        }
+        let (stock, fused) = (&outcomes[0], &outcomes[1]);
+        let e = rel_err(&fused.0, &stock.0);
+        assert!(e <= 1e-5, "{arch}: loss differs by {e:e}");
+        assert_eq!(stock.1.len(), fused.1.len(), "{arch}: gradient count");
+        assert!(
+            stock.1.len() > 100,
+            "{arch}: only {} gradients",
+            stock.1.len()
+        );
+        // Each gradient to 1e-4 of its largest value; a gradient below 1 % of the model's
+        // largest (the beta of a BatchNorm whose output only reaches other BatchNorms is zero in
+        // exact arithmetic, so both sides hold rounding noise) to 1e-4 of that 1 %.
+        let global = stock.1.iter().map(max_abs).fold(0.0f32, f32::max);
+        for (i, (f, s)) in fused.1.iter().zip(&stock.1).enumerate() {
+            let scale = max_abs(s).max(0.01 * global);
+            let (fv, sv) = (f.to_vec::<f32>().unwrap(), s.to_vec::<f32>().unwrap());
+            let diff = fv
+                .iter()
+                .zip(&sv)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= 1e-4 * scale,
+                "{arch}: gradient {i} {:?} differs by {diff:e} (scale {scale:e})",
+                s.shape
+            );
+        }
+        assert_eq!(
+            stock.2.len(),
+            fused.2.len(),
+            "{arch}: running statistics count"
+        );
+        for (i, (f, s)) in fused.2.iter().zip(&stock.2).enumerate() {
+            let e = rel_err(f, s);
+            assert!(e <= 1e-4, "{arch}: running statistic {i} differs by {e:e}");
+        }
+    }
+}

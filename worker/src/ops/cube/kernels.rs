@@ -1,0 +1,572 @@
+//! The CubeCL kernels: a tiled batched GEMM, im2col / col2im, depthwise convolution
+//! (forward, input gradient, weight gradient) and BatchNorm + activation (statistics, apply,
+//! gradient sums, gradient apply). Tensors are contiguous NCHW; shapes arrive as runtime
+//! scalars, the kernel size and the activation as compile-time values (one compiled kernel
+//! per kind of layer). Gathers instead of scatters throughout: no atomics, deterministic.
+
+// The `#[cube]` macro translates operators, not `usize::is_multiple_of`.
+#![allow(clippy::manual_is_multiple_of)]
+
+use cubecl::prelude::*;
+
+/// Activation codes (compile-time kernel parameters).
+pub const IDENTITY: u32 = 0;
+pub const RELU: u32 = 1;
+pub const HARD_SWISH: u32 = 2;
+pub const SWISH: u32 = 3;
+pub const HARD_SIGMOID: u32 = 4;
+pub const SIGMOID: u32 = 5;
+
+#[cube]
+fn sigmoid<F: Float>(z: F) -> F {
+    F::new(1.0) / (F::new(1.0) + (-z).exp())
+}
+
+/// The activation at `z`.
+#[cube]
+fn act_eval<F: Float>(z: F, #[comptime] act: u32) -> F {
+    let mut y = z;
+    if comptime![act == RELU] {
+        y = z.max(F::new(0.0));
+    } else if comptime![act == HARD_SWISH] {
+        y = z * (z * F::new(1.0 / 6.0) + F::new(0.5)).clamp(F::new(0.0), F::new(1.0));
+    } else if comptime![act == SWISH] {
+        y = z * sigmoid::<F>(z);
+    } else if comptime![act == HARD_SIGMOID] {
+        y = (z * F::new(1.0 / 6.0) + F::new(0.5)).clamp(F::new(0.0), F::new(1.0));
+    } else if comptime![act == SIGMOID] {
+        y = sigmoid::<F>(z);
+    }
+    y
+}
+
+/// The derivative of the activation at `z`.
+#[cube]
+fn act_grad<F: Float>(z: F, #[comptime] act: u32) -> F {
+    let mut d = F::new(1.0);
+    if comptime![act == RELU] {
+        d = select(z > F::new(0.0), F::new(1.0), F::new(0.0));
+    } else if comptime![act == HARD_SWISH] {
+        d = select(
+            z <= F::new(-3.0),
+            F::new(0.0),
+            select(
+                z >= F::new(3.0),
+                F::new(1.0),
+                z * F::new(1.0 / 3.0) + F::new(0.5),
+            ),
+        );
+    } else if comptime![act == SWISH] {
+        let s = sigmoid::<F>(z);
+        d = s * (F::new(1.0) + z * (F::new(1.0) - s));
+    } else if comptime![act == HARD_SIGMOID] {
+        d = select(
+            z > F::new(-3.0) && z < F::new(3.0),
+            F::new(1.0 / 6.0),
+            F::new(0.0),
+        );
+    } else if comptime![act == SIGMOID] {
+        let s = sigmoid::<F>(z);
+        d = s * (F::new(1.0) - s);
+    }
+    d
+}
+
+/// A batched matrix product over strided operands, tiled in shared memory: for each batch
+/// `z`, `out[z] = a[z] · b[z]` (`m × k` by `k × n`, `out` row-major `m × n`); element `(i, j)`
+/// of `a[z]` is `a[z · a_batch + i · a_row + j · a_col]` (a batch stride of 0 broadcasts), the
+/// same for `b`. With `sum_batches`, `out` is one `m × n` matrix, `Σ_z a[z] · b[z]`. One cube
+/// of `tile × tile` units per output tile (and batch).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<F: Float>(
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    out: &mut Tensor<F>,
+    batches: u32,
+    m: u32,
+    n: u32,
+    k: u32,
+    a_batch: u32,
+    a_row: u32,
+    a_col: u32,
+    b_batch: u32,
+    b_row: u32,
+    b_col: u32,
+    #[comptime] tile: u32,
+    #[comptime] sum_batches: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let t = tile as usize;
+    let (m, n, k) = (m as usize, n as usize, k as usize);
+    let ty = UNIT_POS_Y as usize;
+    let tx = UNIT_POS_X as usize;
+    let row = CUBE_POS_Y as usize * t + ty;
+    let col = CUBE_POS_X as usize * t + tx;
+    let (a_batch, a_row, a_col) = (a_batch as usize, a_row as usize, a_col as usize);
+    let (b_batch, b_row, b_col) = (b_batch as usize, b_row as usize, b_col as usize);
+    let mut tile_a = SharedMemory::<F>::new(tile as usize * tile as usize);
+    let mut tile_b = SharedMemory::<F>::new(tile as usize * tile as usize);
+    let mut first = CUBE_POS_Z as usize;
+    let mut last = first + 1;
+    if comptime![sum_batches] {
+        first = 0;
+        last = batches as usize;
+    }
+    let mut acc = F::new(0.0);
+    for z in first..last {
+        let mut k0 = 0;
+        while k0 < k {
+            let ka = k0 + tx;
+            let mut va = F::new(0.0);
+            if row < m && ka < k {
+                va = a[z * a_batch + row * a_row + ka * a_col];
+            }
+            tile_a[ty * t + tx] = va;
+            let kb = k0 + ty;
+            let mut vb = F::new(0.0);
+            if kb < k && col < n {
+                vb = b[z * b_batch + kb * b_row + col * b_col];
+            }
+            tile_b[ty * t + tx] = vb;
+            sync_cube();
+            #[unroll]
+            for i in 0..tile {
+                acc += tile_a[ty * t + i as usize] * tile_b[i as usize * t + tx];
+            }
+            sync_cube();
+            k0 += t;
+        }
+    }
+    if row < m && col < n {
+        let mut base = CUBE_POS_Z as usize * m * n;
+        if comptime![sum_batches] {
+            base = 0;
+        }
+        out[base + row * n + col] = acc;
+    }
+}
+
+/// im2col: `col[n, (ci, kh, kw), (oh, ow)]` = the input under that tap, zero in the padding;
+/// one unit per element of `col`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn im2col<F: Float>(
+    x: &Tensor<F>,
+    col: &mut Tensor<F>,
+    cin: u32,
+    h: u32,
+    width: u32,
+    ho: u32,
+    wo: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    #[comptime] k: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= col.len() {
+        terminate!();
+    }
+    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
+    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let kk = (k * k) as usize;
+    let i = ABSOLUTE_POS;
+    let p = ho * wo;
+    let q = i % p;
+    let r = (i / p) % (cin as usize * kk);
+    let n = i / (p * cin as usize * kk);
+    let ci = r / kk;
+    let kh = (r % kk) / k as usize;
+    let kw = r % k as usize;
+    let ih = (q / wo) * s + kh;
+    let iw = (q % wo) * s + kw;
+    let mut v = F::new(0.0);
+    if ih >= pt && ih - pt < h && iw >= pl && iw - pl < width {
+        v = x[((n * cin as usize + ci) * h + ih - pt) * width + iw - pl];
+    }
+    col[i] = v;
+}
+
+/// col2im: the input gradient from `dcol` (laid out as [`im2col`]'s output), one unit per
+/// input element gathering the taps that read it.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn col2im<F: Float>(
+    dcol: &Tensor<F>,
+    dx: &mut Tensor<F>,
+    cin: u32,
+    h: u32,
+    width: u32,
+    ho: u32,
+    wo: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    #[comptime] k: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= dx.len() {
+        terminate!();
+    }
+    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
+    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let kk = (k * k) as usize;
+    let i = ABSOLUTE_POS;
+    let iw = i % width;
+    let ih = (i / width) % h;
+    let ci = (i / (width * h)) % cin as usize;
+    let n = i / (width * h * cin as usize);
+    let (ph, pw) = (ih + pt, iw + pl);
+    let p = ho * wo;
+    let base = (n * cin as usize + ci) * kk;
+    let mut acc = F::new(0.0);
+    #[unroll]
+    for kh in 0..k {
+        let kh_ = kh as usize;
+        if ph >= kh_ && (ph - kh_) % s == 0 && (ph - kh_) / s < ho {
+            let oh = (ph - kh_) / s;
+            #[unroll]
+            for kw in 0..k {
+                let kw_ = kw as usize;
+                if pw >= kw_ && (pw - kw_) % s == 0 && (pw - kw_) / s < wo {
+                    let ow = (pw - kw_) / s;
+                    acc += dcol[(base + (kh * k + kw) as usize) * p + oh * wo + ow];
+                }
+            }
+        }
+    }
+    dx[i] = acc;
+}
+
+/// Depthwise forward: one unit per output element.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn dw_forward<F: Float>(
+    x: &Tensor<F>,
+    w: &Tensor<F>,
+    y: &mut Tensor<F>,
+    channels: u32,
+    h: u32,
+    width: u32,
+    ho: u32,
+    wo: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    #[comptime] k: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= y.len() {
+        terminate!();
+    }
+    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
+    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let i = ABSOLUTE_POS;
+    let ow = i % wo;
+    let oh = (i / wo) % ho;
+    let plane = i / (wo * ho);
+    let c = plane % channels as usize;
+    let xb = plane * h * width;
+    let wb = c * (k * k) as usize;
+    let mut acc = F::new(0.0);
+    #[unroll]
+    for kh in 0..k {
+        let ih = oh * s + kh as usize;
+        if ih >= pt && ih - pt < h {
+            #[unroll]
+            for kw in 0..k {
+                let iw = ow * s + kw as usize;
+                if iw >= pl && iw - pl < width {
+                    acc += w[wb + (kh * k + kw) as usize] * x[xb + (ih - pt) * width + iw - pl];
+                }
+            }
+        }
+    }
+    y[i] = acc;
+}
+
+/// Depthwise input gradient: one unit per input element, gathering the outputs it fed.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn dw_backward_input<F: Float>(
+    dy: &Tensor<F>,
+    w: &Tensor<F>,
+    dx: &mut Tensor<F>,
+    channels: u32,
+    h: u32,
+    width: u32,
+    ho: u32,
+    wo: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    #[comptime] k: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= dx.len() {
+        terminate!();
+    }
+    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
+    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let i = ABSOLUTE_POS;
+    let iw = i % width;
+    let ih = (i / width) % h;
+    let plane = i / (width * h);
+    let c = plane % channels as usize;
+    let gb = plane * ho * wo;
+    let wb = c * (k * k) as usize;
+    let (ph, pw) = (ih + pt, iw + pl);
+    let mut acc = F::new(0.0);
+    #[unroll]
+    for kh in 0..k {
+        let kh_ = kh as usize;
+        if ph >= kh_ && (ph - kh_) % s == 0 && (ph - kh_) / s < ho {
+            let oh = (ph - kh_) / s;
+            #[unroll]
+            for kw in 0..k {
+                let kw_ = kw as usize;
+                if pw >= kw_ && (pw - kw_) % s == 0 && (pw - kw_) / s < wo {
+                    let ow = (pw - kw_) / s;
+                    acc += w[wb + (kh * k + kw) as usize] * dy[gb + oh * wo + ow];
+                }
+            }
+        }
+    }
+    dx[i] = acc;
+}
+
+/// Depthwise weight gradient: one cube per (channel, tap); its units stride over the batch
+/// and the output plane, then reduce in shared memory.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn dw_backward_weight<F: Float>(
+    x: &Tensor<F>,
+    dy: &Tensor<F>,
+    dw: &mut Tensor<F>,
+    batch: u32,
+    channels: u32,
+    h: u32,
+    width: u32,
+    ho: u32,
+    wo: u32,
+    stride: u32,
+    pad_top: u32,
+    pad_left: u32,
+    #[comptime] k: u32,
+    #[comptime] cube: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
+    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let c = CUBE_POS_X as usize;
+    let tap = CUBE_POS_Y as usize;
+    let kh = tap / k as usize;
+    let kw = tap % k as usize;
+    let per_plane = ho * wo;
+    let total = batch as usize * per_plane;
+    let mut acc = F::new(0.0);
+    let mut j = UNIT_POS_X as usize;
+    while j < total {
+        let n = j / per_plane;
+        let o = j % per_plane;
+        let oh = o / wo;
+        let ow = o % wo;
+        let ih = oh * s + kh;
+        let iw = ow * s + kw;
+        if ih >= pt && ih - pt < h && iw >= pl && iw - pl < width {
+            let plane = n * channels as usize + c;
+            acc += dy[plane * per_plane + o] * x[(plane * h + ih - pt) * width + iw - pl];
+        }
+        j += cube as usize;
+    }
+    let total = block_sum::<F>(acc, cube);
+    if UNIT_POS_X == 0 {
+        dw[c * (k * k) as usize + tap] = total;
+    }
+}
+
+/// The sum of `v` over the units of the cube (all units get it).
+#[cube]
+fn block_sum<F: Float>(v: F, #[comptime] cube: u32) -> F {
+    let mut shared = SharedMemory::<F>::new(cube as usize);
+    let u = UNIT_POS_X as usize;
+    shared[u] = v;
+    sync_cube();
+    let mut half = CUBE_DIM_X as usize / 2;
+    while half > 0 {
+        if u < half {
+            shared[u] = shared[u] + shared[u + half];
+        }
+        sync_cube();
+        half /= 2;
+    }
+    shared[0]
+}
+
+/// BatchNorm statistics: one cube per channel; mean, then the mean squared deviation, over
+/// the batch and the plane. Writes `stats[c] = mean`, `stats[C + c] = var`,
+/// `stats[2C + c] = scale = gamma / sqrt(var + eps)`, `stats[3C + c] = shift`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn bn_stats<F: Float>(
+    x: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    stats: &mut Tensor<F>,
+    batch: u32,
+    channels: u32,
+    plane: u32,
+    epsilon: f32,
+    #[comptime] cube: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS_X as usize;
+    let (cs, p) = (channels as usize, plane as usize);
+    let total = batch as usize * p;
+    let mut acc = F::new(0.0);
+    let mut j = UNIT_POS_X as usize;
+    while j < total {
+        acc += x[((j / p) * cs + c) * p + j % p];
+        j += cube as usize;
+    }
+    let mean = block_sum::<F>(acc, cube) / F::cast_from(total as u32);
+    sync_cube();
+    let mut sq = F::new(0.0);
+    let mut j = UNIT_POS_X as usize;
+    while j < total {
+        let d = x[((j / p) * cs + c) * p + j % p] - mean;
+        sq += d * d;
+        j += cube as usize;
+    }
+    let var = block_sum::<F>(sq, cube) / F::cast_from(total as u32);
+    if UNIT_POS_X == 0 {
+        let scale = gamma[c] / (var + F::cast_from(epsilon)).sqrt();
+        stats[c] = mean;
+        stats[cs + c] = var;
+        stats[2 * cs + c] = scale;
+        stats[3 * cs + c] = beta[c] - mean * scale;
+    }
+}
+
+/// `y = act(scale[c] · x + shift[c])`, one unit per element; `scale` and `shift` are read
+/// from their tensors at the given offsets.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn affine_act<F: Float>(
+    x: &Tensor<F>,
+    scale: &Tensor<F>,
+    shift: &Tensor<F>,
+    y: &mut Tensor<F>,
+    channels: u32,
+    plane: u32,
+    scale_offset: u32,
+    shift_offset: u32,
+    #[comptime] act: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= y.len() {
+        terminate!();
+    }
+    let i = ABSOLUTE_POS;
+    let c = (i / plane as usize) % channels as usize;
+    let z = scale[scale_offset as usize + c] * x[i] + shift[shift_offset as usize + c];
+    y[i] = act_eval::<F>(z, act);
+}
+
+/// Gradient sums and coefficients per channel (one cube each). With `batch_stats`, `p0`/`p1`
+/// are gamma/beta and BatchNorm used `mean`/`var`; otherwise they are the folded scale/shift
+/// (`mean`, `var` unused). With `z = scale · x + shift` and `dz = dy · act'(z)`, writes eight
+/// `C`-long runs into `coef`: `scale, shift, centre, a, dz_mean, b` for [`grad_apply`]
+/// (`dx = a · (dz − dz_mean) + b · (x − centre)`), then the parameter gradients
+/// (`dgamma, dbeta`, or `dscale, dshift`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn grad_sums<F: Float>(
+    dy: &Tensor<F>,
+    x: &Tensor<F>,
+    p0: &Tensor<F>,
+    p1: &Tensor<F>,
+    mean: &Tensor<F>,
+    var: &Tensor<F>,
+    coef: &mut Tensor<F>,
+    batch: u32,
+    channels: u32,
+    plane: u32,
+    epsilon: f32,
+    #[comptime] act: u32,
+    #[comptime] batch_stats: bool,
+    #[comptime] cube: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS_X as usize;
+    let (cs, p) = (channels as usize, plane as usize);
+    let total = batch as usize * p;
+    let mut scale = p0[c];
+    let mut shift = p1[c];
+    let mut centre = F::new(0.0);
+    let mut invstd = F::new(1.0);
+    if comptime![batch_stats] {
+        invstd = F::new(1.0) / (var[c] + F::cast_from(epsilon)).sqrt();
+        centre = mean[c];
+        scale = p0[c] * invstd;
+        shift = p1[c] - centre * scale;
+    }
+    let mut s = F::new(0.0);
+    let mut sx = F::new(0.0);
+    let mut j = UNIT_POS_X as usize;
+    while j < total {
+        let idx = ((j / p) * cs + c) * p + j % p;
+        let v = x[idx];
+        let dz = dy[idx] * act_grad::<F>(scale * v + shift, act);
+        s += dz;
+        sx += dz * (v - centre);
+        j += cube as usize;
+    }
+    let s = block_sum::<F>(s, cube);
+    sync_cube();
+    let sx = block_sum::<F>(sx, cube);
+    if UNIT_POS_X == 0 {
+        coef[c] = scale;
+        coef[cs + c] = shift;
+        coef[2 * cs + c] = centre;
+        if comptime![batch_stats] {
+            let m = F::cast_from(total as u32);
+            let dgamma = invstd * sx;
+            coef[3 * cs + c] = scale;
+            coef[4 * cs + c] = s / m;
+            coef[5 * cs + c] = -scale * dgamma * invstd / m;
+            coef[6 * cs + c] = dgamma;
+        } else {
+            coef[3 * cs + c] = scale;
+            coef[4 * cs + c] = F::new(0.0);
+            coef[5 * cs + c] = F::new(0.0);
+            coef[6 * cs + c] = sx;
+        }
+        coef[7 * cs + c] = s;
+    }
+}
+
+/// `dx = a · (dz − dz_mean) + b · (x − centre)` per element, `dz` recomputed, with the
+/// coefficients [`grad_sums`] wrote.
+#[cube(launch)]
+pub fn grad_apply<F: Float>(
+    dy: &Tensor<F>,
+    x: &Tensor<F>,
+    coef: &Tensor<F>,
+    dx: &mut Tensor<F>,
+    channels: u32,
+    plane: u32,
+    #[comptime] act: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= dx.len() {
+        terminate!();
+    }
+    let i = ABSOLUTE_POS;
+    let cs = channels as usize;
+    let c = (i / plane as usize) % cs;
+    let v = x[i];
+    let dz = dy[i] * act_grad::<F>(coef[c] * v + coef[cs + c], act);
+    dx[i] = coef[3 * cs + c] * (dz - coef[4 * cs + c]) + coef[5 * cs + c] * (v - coef[2 * cs + c]);
+}
