@@ -61,6 +61,34 @@ pub enum ModelCommand {
     /// Print the layer table and the parameter counts (Keras convention: BatchNorm running
     /// statistics are non-trainable parameters).
     Summary(ModelSummaryArgs),
+    /// Time training steps (forward, Keras KL, backward, Adam) on random
+    /// `[batch, 3, 400, 300]` inputs; prints `train_step arch=… samples_per_s=…`.
+    Bench(ModelBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelBenchArgs {
+    /// mobilenetv3-large or efficientnetv2-b2 (default: both).
+    #[arg(long)]
+    pub arch: Option<hbac_worker::model::Arch>,
+    /// Channel multiplier (1.0 = the published model).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Untimed steps first (allocation, kernel compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Run the conv layers on burn's stock ops instead of hbac's (for comparison).
+    #[arg(long)]
+    pub stock: bool,
+    /// cpu, cuda (a build with `--features cuda` and an NVIDIA driver) or wgpu (a build with
+    /// `--features wgpu` and a Vulkan / Metal / DX12 GPU).
+    #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
+    pub device: crate::backend::DeviceKind,
 }
 
 #[derive(Debug, Args)]
@@ -188,7 +216,8 @@ pub struct TrainArgs {
     pub arch: hbac_worker::model::Arch,
     #[command(flatten)]
     pub recipe: RecipeArgs,
-    /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
+    /// cpu, cuda (a build with `--features cuda` and an NVIDIA driver) or wgpu (a build with
+    /// `--features wgpu` and a Vulkan / Metal / DX12 GPU).
     #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
     pub device: crate::backend::DeviceKind,
     /// Files read or converted at once.
@@ -348,7 +377,8 @@ pub struct WorkerArgs {
     /// Jobs at once: one per GPU.
     #[arg(long, default_value_t = 1, env = "HBAC_GPUS")]
     pub gpus: usize,
-    /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
+    /// cpu, cuda (a build with `--features cuda` and an NVIDIA driver) or wgpu (a build with
+    /// `--features wgpu` and a Vulkan / Metal / DX12 GPU).
     #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
     pub device: crate::backend::DeviceKind,
     #[command(flatten)]
@@ -387,7 +417,8 @@ pub struct LocalArgs {
     pub schedule: ScheduleArgs,
     #[command(flatten)]
     pub recipe: RecipeArgs,
-    /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
+    /// cpu, cuda (a build with `--features cuda` and an NVIDIA driver) or wgpu (a build with
+    /// `--features wgpu` and a Vulkan / Metal / DX12 GPU).
     #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
     pub device: crate::backend::DeviceKind,
     /// Files read or converted at once.
@@ -460,7 +491,8 @@ pub struct PredictArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = default_jobs())]
     pub jobs: usize,
-    /// cpu, or cuda (needs a build with `--features cuda` and an NVIDIA driver).
+    /// cpu, cuda (a build with `--features cuda` and an NVIDIA driver) or wgpu (a build with
+    /// `--features wgpu` and a Vulkan / Metal / DX12 GPU).
     #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
     pub device: crate::backend::DeviceKind,
 }

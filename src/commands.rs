@@ -11,8 +11,8 @@ use tracing::{info, warn};
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    Command, FoldsArgs, ModelCommand, ModelSummaryArgs, PredictArgs, PrepareArgs, ScoreArgs,
-    SynthArgs, TrainArgs,
+    Command, FoldsArgs, ModelBenchArgs, ModelCommand, ModelSummaryArgs, PredictArgs, PrepareArgs,
+    ScoreArgs, SynthArgs, TrainArgs,
 };
 
 /// Runs one subcommand to completion.
@@ -23,6 +23,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Folds(a) => folds(a).await,
         Command::Score(a) => score(a).await,
         Command::Model(ModelCommand::Summary(a)) => model_summary(a),
+        Command::Model(ModelCommand::Bench(a)) => model_bench(a),
         Command::Train(a) => train(*a).await,
         Command::Predict(a) => predict(a).await,
         Command::Local(a) => crate::runner::local(*a).await,
@@ -44,6 +45,62 @@ fn thousands(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+fn model_bench(a: ModelBenchArgs) -> Result<()> {
+    use hbac_worker::model::Arch;
+    use hbac_worker::model::layers::Path;
+    use hbac_worker::train::bench::{StepBench, report, train_steps};
+    anyhow::ensure!(
+        a.width > 0.0 && a.width.is_finite(),
+        "--width must be positive"
+    );
+    anyhow::ensure!(
+        a.batch > 0 && a.steps > 0,
+        "--batch and --steps must be positive"
+    );
+    crate::backend::check(a.device)?;
+    println!(
+        "train_step device={:?} path={} batch={} input=[3,400,300] width={}",
+        a.device,
+        if a.stock { "stock" } else { "fused" },
+        a.batch,
+        a.width
+    );
+    for arch in a.arch.map_or(Arch::ALL.to_vec(), |x| vec![x]) {
+        let bench = StepBench {
+            arch,
+            width: a.width,
+            batch: a.batch,
+            warmup: a.warmup,
+            steps: a.steps,
+            path: if a.stock { Path::Stock } else { Path::Fused },
+        };
+        let times = match a.device {
+            DeviceKind::Cpu => train_steps::<burn::backend::Autodiff<crate::backend::Cpu>>(
+                &bench,
+                &Default::default(),
+                |_| {},
+            ),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => train_steps::<burn::backend::Autodiff<crate::backend::Cuda>>(
+                &bench,
+                &crate::backend::cuda_device(0),
+                |_| {},
+            ),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => train_steps::<burn::backend::Autodiff<crate::backend::Wgpu>>(
+                &bench,
+                &crate::backend::wgpu_device(0),
+                |_| {},
+            ),
+            #[allow(unreachable_patterns)]
+            other => unreachable!("backend::check refuses {other:?} in this build"),
+        }
+        .map_err(anyhow::Error::msg)?;
+        println!("{}", report(&bench, &times));
+    }
+    Ok(())
 }
 
 fn model_summary(a: ModelSummaryArgs) -> Result<()> {
@@ -265,6 +322,7 @@ async fn train(a: TrainArgs) -> Result<()> {
     };
     info!(arch = %a.arch, fold = a.fold, out = spec.out.root(), device = ?a.device, "training");
     let hooks = EpochProgress { bar: None, epochs };
+    crate::backend::check(a.device)?;
     let s = match a.device {
         DeviceKind::Cpu => {
             job::run::<burn::backend::Autodiff<crate::backend::Cpu>>(
@@ -274,20 +332,26 @@ async fn train(a: TrainArgs) -> Result<()> {
             )
             .await?
         }
+        #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
-            crate::backend::check_cuda()?;
-            #[cfg(feature = "cuda")]
-            {
-                job::run::<burn::backend::Autodiff<crate::backend::Gpu>>(
-                    &spec,
-                    Default::default(),
-                    hooks,
-                )
-                .await?
-            }
-            #[cfg(not(feature = "cuda"))]
-            unreachable!("check_cuda refuses builds without the cuda feature")
+            job::run::<burn::backend::Autodiff<crate::backend::Cuda>>(
+                &spec,
+                crate::backend::cuda_device(0),
+                hooks,
+            )
+            .await?
         }
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => {
+            job::run::<burn::backend::Autodiff<crate::backend::Wgpu>>(
+                &spec,
+                crate::backend::wgpu_device(0),
+                hooks,
+            )
+            .await?
+        }
+        #[allow(unreachable_patterns)]
+        other => unreachable!("backend::check refuses {other:?} in this build"),
     };
     println!(
         "best epoch {} valid_kl {:.4}; out-of-fold kaggle kl {:.4} (prior-only {:.4}); outputs in {}",
@@ -307,23 +371,27 @@ async fn predict(a: PredictArgs) -> Result<()> {
     hbac_common::prepare::prepare(&data, &cache, a.jobs).await?;
     let dir = Store::open(&a.checkpoint)?;
     let cache = hbac_common::prepare::Cache::new(cache);
+    crate::backend::check(a.device)?;
     let rows = match a.device {
         DeviceKind::Cpu => {
             let device = Default::default();
             let model = job::load_checkpoint::<crate::backend::Cpu>(&dir, &device).await?;
             job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
         }
+        #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
-            crate::backend::check_cuda()?;
-            #[cfg(feature = "cuda")]
-            {
-                let device = Default::default();
-                let model = job::load_checkpoint::<crate::backend::Gpu>(&dir, &device).await?;
-                job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
-            }
-            #[cfg(not(feature = "cuda"))]
-            unreachable!("check_cuda refuses builds without the cuda feature")
+            let device = crate::backend::cuda_device(0);
+            let model = job::load_checkpoint::<crate::backend::Cuda>(&dir, &device).await?;
+            job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
         }
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => {
+            let device = crate::backend::wgpu_device(0);
+            let model = job::load_checkpoint::<crate::backend::Wgpu>(&dir, &device).await?;
+            job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
+        }
+        #[allow(unreachable_patterns)]
+        other => unreachable!("backend::check refuses {other:?} in this build"),
     };
     write_file(&a.out, tables::write_prob_csv(&rows, None)).await?;
     println!("wrote {} ({} rows)", a.out, rows.len());

@@ -103,27 +103,29 @@ fn plan(
     })
 }
 
-/// The executor for `device`: burn-flex on the CPU, or burn-cuda with one GPU per slot.
+/// The executor for `device`: burn-flex on the CPU, or CUDA / wgpu with one GPU per slot.
 fn executor(device: DeviceKind) -> Result<Arc<dyn Executor>> {
+    crate::backend::check(device)?;
     Ok(match device {
         DeviceKind::Cpu => Arc::new(
             TrainExecutor::<burn::backend::Autodiff<crate::backend::Cpu>> {
                 device: Arc::new(|_| Default::default()),
             },
         ),
-        DeviceKind::Cuda => {
-            crate::backend::check_cuda()?;
-            #[cfg(feature = "cuda")]
-            {
-                Arc::new(
-                    TrainExecutor::<burn::backend::Autodiff<crate::backend::Gpu>> {
-                        device: Arc::new(burn::backend::cuda::CudaDevice::new),
-                    },
-                )
-            }
-            #[cfg(not(feature = "cuda"))]
-            unreachable!("check_cuda refuses builds without the cuda feature")
-        }
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => Arc::new(TrainExecutor::<
+            burn::backend::Autodiff<crate::backend::Cuda>,
+        > {
+            device: Arc::new(crate::backend::cuda_device),
+        }),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => Arc::new(TrainExecutor::<
+            burn::backend::Autodiff<crate::backend::Wgpu>,
+        > {
+            device: Arc::new(crate::backend::wgpu_device),
+        }),
+        #[allow(unreachable_patterns)]
+        other => unreachable!("backend::check refuses {other:?} in this build"),
     })
 }
 
@@ -131,6 +133,7 @@ fn backend(device: DeviceKind) -> proto::Backend {
     match device {
         DeviceKind::Cpu => proto::Backend::Cpu,
         DeviceKind::Cuda => proto::Backend::Cuda,
+        DeviceKind::Wgpu => proto::Backend::Wgpu,
     }
 }
 

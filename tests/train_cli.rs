@@ -234,3 +234,52 @@ fn weights_that_do_not_fit_fail_before_any_output() {
         common::files(&out)
     );
 }
+
+/// `hbac train --device wgpu` end to end with a reduced model (a build with `--features wgpu`
+/// and a Vulkan / Metal / DX12 adapter; CI runs it on Mesa's lavapipe): every epoch is
+/// reported with a finite loss, the outputs are written, and `hbac predict` on the same device
+/// reproduces the job's test predictions from its checkpoint.
+#[cfg(feature = "wgpu")]
+#[test]
+fn hbac_train_and_predict_run_on_wgpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("data"), 12, 7);
+    let out = tmp.path().join("run");
+    let stdout = reduced(
+        &data,
+        out.to_str().unwrap(),
+        "mobilenetv3-large",
+        2,
+        &["--device", "wgpu"],
+    );
+    println!("{stdout}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    for line in metrics.lines() {
+        let m: Value = serde_json::from_str(line).unwrap();
+        let kl = m["train_kl"].as_f64().unwrap();
+        assert!(kl.is_finite() && kl > 0.0, "{line}");
+    }
+    let predicted = tmp.path().join("predicted.csv");
+    ok(&[
+        "predict",
+        "--data",
+        &data,
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--device",
+        "wgpu",
+        "--out",
+        predicted.to_str().unwrap(),
+    ]);
+    let job = parse_prob_csv(&std::fs::read(out.join("test.csv")).unwrap(), "test.csv").unwrap();
+    let again = parse_prob_csv(&std::fs::read(&predicted).unwrap(), "predicted.csv").unwrap();
+    assert!(!job.is_empty());
+    assert_eq!(job.len(), again.len());
+    for (x, y) in job.iter().zip(&again) {
+        assert_eq!(x.eeg_id, y.eeg_id);
+        for (p, q) in x.values.iter().zip(&y.values) {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+    }
+}

@@ -17,6 +17,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub enum Backend {
     Cpu,
     Cuda,
+    Wgpu,
 }
 
 /// The serialized descriptor set of `proto/hbac.proto`, for gRPC server reflection.
@@ -28,6 +29,7 @@ impl Backend {
         match self {
             Backend::Cpu => "cpu",
             Backend::Cuda => "cuda",
+            Backend::Wgpu => "wgpu",
         }
     }
 }
@@ -45,7 +47,7 @@ pub struct Registration {
 pub enum DecodeError {
     #[error("protocol version {got} is not supported (this build speaks {PROTOCOL_VERSION})")]
     Version { got: u32 },
-    #[error("unknown backend {0:?}; expected \"cpu\" or \"cuda\"")]
+    #[error("unknown backend {0:?}; expected \"cpu\", \"cuda\" or \"wgpu\"")]
     Backend(String),
 }
 
@@ -71,6 +73,7 @@ impl TryFrom<wire::RegisterRequest> for Registration {
         let backend = match r.backend.as_str() {
             "cpu" => Backend::Cpu,
             "cuda" => Backend::Cuda,
+            "wgpu" => Backend::Wgpu,
             other => return Err(DecodeError::Backend(other.into())),
         };
         Ok(Registration {

@@ -15,14 +15,13 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
-use burn::module::{Module, Param};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::module::Param;
 use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
 use hbac_worker::model::layers::{BnSpec, ConvBn, ConvSpec, LayerShape, Path, SqueezeExcite};
 use hbac_worker::model::{Arch, Backbone, Model, ModelConfig};
 use hbac_worker::ops;
-use hbac_worker::train::loss::keras_kl;
+use hbac_worker::train::bench::{StepBench, train_steps};
 
 type B = Autodiff<Flex>;
 
@@ -138,38 +137,29 @@ fn se_blocks(model: &Model<B>, input_hw: [usize; 2]) -> Vec<(SqueezeExcite<B>, [
     out
 }
 
-/// Seconds of the last of three training steps and, with `profile`, its kernel times.
+/// Seconds of the third of three training steps and, with `profile`, its kernel times.
 fn step_seconds(
-    model: Model<B>,
+    arch: Arch,
     batch: usize,
     path: Path,
     profile: bool,
 ) -> (f64, Vec<(String, usize, f64)>) {
-    let device = Default::default();
-    let mut optim = AdamConfig::new().with_epsilon(1e-7).init::<B, Model<B>>();
-    let x = Tensor::<B, 4>::random(
-        [batch, 3, 400, 300],
-        Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let y = burn::tensor::activation::softmax(
-        Tensor::<B, 2>::random([batch, 6], Distribution::Default, &device),
-        1,
-    );
-    let mut model = model;
-    let mut last = 0.0;
-    for step in 0..3 {
+    let bench = StepBench {
+        arch,
+        width: 1.0,
+        batch,
+        warmup: 2,
+        steps: 1,
+        path,
+    };
+    let times = train_steps::<B>(&bench, &Default::default(), |step| {
         if profile && step == 2 {
             ops::profile::enable();
         }
-        let t = Instant::now();
-        let loss = keras_kl(model.forward_on(x.clone(), path), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-4, model, grads);
-        last = t.elapsed().as_secs_f64();
-    }
+    })
+    .expect("the CPU does not fail");
     (
-        last,
+        times[0],
         if profile {
             ops::profile::take()
         } else {
@@ -209,8 +199,7 @@ fn main() -> Result<()> {
             se.1[0][0] += t[0];
             se.1[0][1] += t[1];
         }
-        let stock_step =
-            step_seconds(model.clone().fork(&device), args.batch, Path::Stock, false).0;
+        let stock_step = step_seconds(arch, args.batch, Path::Stock, false).0;
         println!("\n{arch}, stock: layers timed alone, seconds");
         println!(
             "{:<28} {:>5} {:>9} {:>9} {:>13}",
@@ -239,8 +228,7 @@ fn main() -> Result<()> {
             "whole step (measured)", "", stock_step
         );
 
-        let (fused_step, kernels) =
-            step_seconds(model.fork(&device), args.batch, Path::Fused, true);
+        let (fused_step, kernels) = step_seconds(arch, args.batch, Path::Fused, true);
         println!("\n{arch}, fused: kernels inside one training step, seconds");
         println!(
             "{:<46} {:>5} {:>9} {:>6}",

@@ -139,7 +139,7 @@ fn layer(geom: ConvGeom, cin: usize, cout: usize, act: Act, [h, w]: [usize; 2], 
 }
 
 #[test]
-fn cube_kernels_match_the_cpu_kernels() {
+fn cube_kernels_on_wgpu_match_the_cpu_kernels() {
     use Act::*;
     let (d, dense) = (ConvGeom::depthwise, ConvGeom::dense);
     let cases = [
