@@ -313,12 +313,24 @@ pub struct ScheduleArgs {
     /// A lease not renewed for this many seconds expires; its job is re-queued.
     #[arg(long, default_value_t = 30.0)]
     pub lease_ttl: f64,
-    /// Attempts per job before the run fails.
+    /// Distinct workers a job may fail on (a retryable error, a timeout, a stalled trainer)
+    /// before the run fails.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
+    /// Attempts of one job that may be lost with their worker (killed, pre-empted, shut down,
+    /// drained) before the run fails; such losses never count as failures.
+    #[arg(long, default_value_t = 20)]
+    pub max_disruptions: u32,
     /// Hard limit on one attempt, in seconds.
     #[arg(long, default_value_t = 6.0 * 3600.0)]
     pub job_timeout: f64,
+    /// Stop and re-queue an attempt whose heartbeats report no new training batch for this many
+    /// seconds (a hung trainer; data preparation counts as no batch, so keep it generous).
+    #[arg(long, default_value_t = 1800.0)]
+    pub stall_timeout: f64,
+    /// This coordinator's id in the run's journal [default: HOST-PID].
+    #[arg(long = "id", env = "HBAC_COORDINATOR_ID")]
+    pub coordinator_id: Option<String>,
     /// Fail the run when no worker has been connected for this many seconds.
     #[arg(long, default_value_t = 300.0)]
     pub worker_grace: f64,
@@ -356,6 +368,10 @@ pub struct CoordinatorArgs {
     /// Require client certificates signed by this CA (mutual TLS).
     #[arg(long, requires = "tls_cert")]
     pub tls_client_ca: Option<String>,
+    /// Serve plain-text gRPC on a non-loopback --listen address, on purpose (a trusted cluster
+    /// network, e.g. behind k8s/'s NetworkPolicy); without it such an address needs TLS.
+    #[arg(long)]
+    pub plaintext: bool,
     /// Seconds to keep telling workers to stop after the run ends.
     #[arg(long, default_value_t = 10.0)]
     pub linger: f64,
@@ -386,6 +402,14 @@ pub struct WorkerArgs {
     /// Seconds to keep retrying an unreachable coordinator before giving up.
     #[arg(long, default_value_t = 120.0)]
     pub patience: f64,
+    /// Storage roots this worker may read and write (data, cache, run output), repeatable or
+    /// comma-separated: a job order naming any other URL is refused. [default: any]
+    #[arg(
+        long = "storage-root",
+        value_delimiter = ',',
+        env = "HBAC_STORAGE_ROOTS"
+    )]
+    pub storage_roots: Vec<String>,
 }
 
 /// `hbac worker`'s exit code after `hbac drain` (0 means the run is over; 1 an error or a
@@ -453,6 +477,43 @@ pub struct ClientTlsArgs {
     pub tls_cert: Option<String>,
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<String>,
+    /// Talk plain-text gRPC to a coordinator that is not on loopback, on purpose (a trusted
+    /// cluster network); without it an http:// URL must name a loopback host.
+    #[arg(long)]
+    pub plaintext: bool,
+}
+
+impl ClientTlsArgs {
+    /// Refuses plain text off loopback unless `--plaintext` asks for it.
+    pub fn check_transport(&self, coordinator: &str) -> Result<(), String> {
+        let tls = self.tls_ca.is_some() || self.tls_cert.is_some();
+        let url = url::Url::parse(coordinator).map_err(|e| format!("{coordinator}: {e}"))?;
+        let loopback = match url.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if url.scheme() == "http" && !tls && !loopback && !self.plaintext {
+            return Err(format!(
+                "{coordinator} is plain text to a host that is not loopback: use https:// with                  --tls-ca (and --tls-cert/--tls-key for mutual TLS), or pass --plaintext on purpose"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl CoordinatorArgs {
+    /// Refuses to serve plain text off loopback unless `--plaintext` asks for it.
+    pub fn check_transport(&self) -> Result<(), String> {
+        if self.tls_cert.is_none() && !self.listen.ip().is_loopback() && !self.plaintext {
+            return Err(format!(
+                "--listen {} is not loopback and no --tls-cert is given: serve TLS, or pass                  --plaintext to serve plain text on purpose",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]

@@ -319,6 +319,7 @@ async fn train(a: TrainArgs) -> Result<()> {
         labels: a.recipe.labels(),
         train: cfg,
         io_concurrency: a.jobs,
+        resume: None,
     };
     info!(arch = %a.arch, fold = a.fold, out = spec.out.root(), device = ?a.device, "training");
     let hooks = EpochProgress { bar: None, epochs };

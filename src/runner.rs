@@ -36,8 +36,23 @@ impl ScheduleArgs {
         Ok(Settings {
             lease_ttl: secs(self.lease_ttl, "lease-ttl")?,
             max_attempts: self.max_attempts.max(1),
+            max_disruptions: self.max_disruptions,
             job_timeout: secs(self.job_timeout, "job-timeout")?,
+            stall_timeout: secs(self.stall_timeout, "stall-timeout")?,
             worker_grace: secs(self.worker_grace, "worker-grace")?,
+        })
+    }
+
+    /// The coordinator's id in the journal: `--id`, else this host and process.
+    fn coordinator_id(&self) -> String {
+        self.coordinator_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "coordinator".into());
+            format!("{host}-{}", std::process::id())
         })
     }
 }
@@ -264,6 +279,7 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
         &a.recipe,
         a.jobs,
     )?;
+    a.check_transport().map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -276,6 +292,7 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
             tls,
             metrics_addr: a.schedule.metrics_addr,
             linger: secs(a.linger, "linger")?,
+            id: a.schedule.coordinator_id(),
         },
         listener,
     )
@@ -308,8 +325,14 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
         worker_id: id,
         slots: a.gpus.max(1),
         backend: backend(a.device),
-        tls: client_tls(&a.tls)?,
+        tls: {
+            a.tls
+                .check_transport(&a.coordinator)
+                .map_err(anyhow::Error::msg)?;
+            client_tls(&a.tls)?
+        },
         patience: secs(a.patience, "patience")?,
+        storage_roots: a.storage_roots.clone(),
     };
     // Exit 0 only when the run is over (for the Kubernetes worker Job, a zero exit ends the
     // whole Job): a drained worker exits with its own code, a signalled one with an error.
@@ -365,6 +388,7 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
     let token = hbac_coordinator::state::random_hex(32);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let out_root = plan.out.clone();
+    let roots = vec![plan.data.clone(), plan.cache.clone(), plan.out.clone()];
     let jobs = plan.jobs().len();
     let handle = server::start(
         Config {
@@ -374,6 +398,7 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
             tls: None,
             metrics_addr: a.schedule.metrics_addr,
             linger: Duration::from_secs(2),
+            id: a.schedule.coordinator_id(),
         },
         listener,
     )
@@ -397,6 +422,7 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
                 backend: backend(a.device),
                 tls: None,
                 patience: Duration::from_secs(30),
+                storage_roots: roots.clone(),
             };
             tokio::spawn(client::run(opts, exec.clone(), shutdown.clone()))
         })
@@ -449,6 +475,9 @@ impl std::error::Error for Ending {}
 /// A token-carrying client for an operator's command.
 fn admin_client(a: &AdminArgs) -> Result<client::Client> {
     let token = a.token.required()?;
+    a.tls
+        .check_transport(&a.coordinator)
+        .map_err(anyhow::Error::msg)?;
     Ok(client::connect(
         &a.coordinator,
         &token,

@@ -15,7 +15,8 @@ use hbac_common::hms::tables::parse_prob_csv;
 use hbac_common::preprocess::{LabelMode, SampleSelection};
 use hbac_common::proto::wire::coordinator_client::CoordinatorClient;
 use hbac_common::proto::{Backend, wire};
-use hbac_coordinator::plan::{Journal, Plan};
+use hbac_coordinator::journal::{self, Snapshot};
+use hbac_coordinator::plan::Plan;
 use hbac_coordinator::server::{self, Config, Handle};
 use hbac_coordinator::state::Settings;
 use hbac_worker::client::{self, Ended, Executor, WorkerError, WorkerOptions};
@@ -27,12 +28,16 @@ use tokio::sync::watch;
 const TOKEN: &str = "s3cret-test-token";
 
 fn train_config(arch: Arch) -> serde_json::Value {
+    train_config_epochs(arch, 1)
+}
+
+fn train_config_epochs(arch: Arch, epochs: usize) -> serde_json::Value {
     let model = ModelConfig::new(arch)
         .with_width(0.25)
         .with_downsample(8)
         .with_bn_momentum(Some(0.9));
     let cfg = TrainConfig::new(model)
-        .with_epochs(1)
+        .with_epochs(epochs)
         .with_batch_size(16)
         .with_loader_threads(1);
     serde_json::to_value(&cfg).unwrap()
@@ -62,7 +67,9 @@ fn settings(ttl_ms: u64, grace_ms: u64) -> Settings {
     Settings {
         lease_ttl: Duration::from_millis(ttl_ms),
         max_attempts: 3,
+        max_disruptions: 20,
         job_timeout: Duration::from_secs(600),
+        stall_timeout: Duration::from_secs(600),
         worker_grace: Duration::from_millis(grace_ms),
     }
 }
@@ -77,6 +84,7 @@ async fn start(plan: Plan, settings: Settings) -> Handle {
             tls: None,
             metrics_addr: None,
             linger: Duration::from_millis(1500),
+            id: "test-coordinator".into(),
         },
         listener,
     )
@@ -99,6 +107,7 @@ fn options(addr: &str, id: &str, token: &str) -> WorkerOptions {
         backend: Backend::Cpu,
         tls: None,
         patience: Duration::from_secs(20),
+        storage_roots: vec![],
     }
 }
 
@@ -120,8 +129,22 @@ async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn journal(out: &Path) -> Journal {
-    serde_json::from_slice(&std::fs::read(out.join("journal.json")).unwrap()).unwrap()
+/// The latest journal snapshot in `out`, if one is there.
+fn snapshot(out: &Path) -> Option<Snapshot> {
+    let dir = out.join(journal::DIR);
+    let latest = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".json")?.parse::<u64>().ok()?;
+            Some(name)
+        })
+        .max()?;
+    serde_json::from_slice(&std::fs::read(dir.join(latest)).ok()?).ok()
+}
+
+fn journal(out: &Path) -> Snapshot {
+    snapshot(out).expect("a journal")
 }
 
 /// Attempt directories a job's workers created.
@@ -177,8 +200,8 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
     }
     // Every job done exactly once, by one attempt.
     let j = journal(&out);
-    assert_eq!(j.done.len(), 6);
-    for (job, r) in &j.done {
+    assert_eq!(j.done().len(), 6);
+    for (job, r) in &j.done() {
         assert_eq!(r.attempt, 1, "{job}");
         assert_eq!(attempts(&out, job), 1, "{job}");
     }
@@ -189,7 +212,9 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
     let mut per_arch = Vec::new();
     for arch in ["mobilenetv3-large", "efficientnetv2-b2"] {
         let folds: Vec<_> = (0..3)
-            .map(|f| rows(&Path::new(&j.done[&format!("{arch}-fold{f}")].out_url).join("test.csv")))
+            .map(|f| {
+                rows(&Path::new(&j.done()[&format!("{arch}-fold{f}")].out_url).join("test.csv"))
+            })
             .collect();
         let sub = rows(&out.join(format!("submission-{arch}.csv")));
         assert_eq!(sub.len(), folds[0].len());
@@ -246,10 +271,110 @@ async fn a_killed_worker_s_job_finishes_elsewhere_with_one_result() {
     let report = handle.wait().await.unwrap();
     survivor.await.unwrap().unwrap();
     let j = journal(&out);
-    assert_eq!(j.done.len(), 4);
-    let r = &j.done[&job];
+    assert_eq!(j.done().len(), 4);
+    let r = &j.done()[&job];
     assert_eq!((r.worker.as_str(), r.attempt), ("survivor", 2), "{job}");
     assert_eq!(report.jobs.iter().filter(|l| l.job == job).count(), 1);
+}
+
+/// A job id, its `oof.csv` and `test.csv`, and its (train, valid) KL per epoch.
+type JobOutputs = (String, Vec<u8>, Vec<u8>, Vec<(f64, f64)>);
+
+/// What must not depend on whether a job's training was interrupted: its out-of-fold and test
+/// predictions (byte for byte) and every epoch's train and validation KL.
+fn outputs(out: &Path) -> Vec<JobOutputs> {
+    let mut v: Vec<_> = journal(out)
+        .done()
+        .into_iter()
+        .map(|(job, r)| {
+            let dir = Path::new(&r.out_url);
+            let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+            let s: serde_json::Value = serde_json::from_str(&r.summary_json).unwrap();
+            let losses = s["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["train_kl"].as_f64().unwrap(),
+                        e["valid_kl"].as_f64().unwrap(),
+                    )
+                })
+                .collect();
+            (job, read("oof.csv"), read("test.csv"), losses)
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_killed_mid_training_resumes_from_its_last_epoch_bit_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 12, 7);
+    let three_epochs = |out: &Path| {
+        let mut p = plan(&data, out, 2);
+        p.archs = vec![(
+            Arch::MobileNetV3Large.name().to_string(),
+            train_config_epochs(Arch::MobileNetV3Large, 3),
+        )];
+        p
+    };
+    // The reference: one worker, nothing interrupted.
+    let calm = tmp.path().join("calm");
+    let handle = start(three_epochs(&calm), settings(1_000, 60_000)).await;
+    let worker = spawn_worker(&format!("http://{}", handle.addr), "w");
+    handle.wait().await.unwrap();
+    worker.await.unwrap().unwrap();
+
+    // The same run, its first job's worker killed once that job has saved an epoch.
+    let out = tmp.path().join("run");
+    let handle = start(three_epochs(&out), settings(1_000, 60_000)).await;
+    let addr = format!("http://{}", handle.addr);
+    let victim = spawn_worker(&addr, "victim");
+    let shared = handle.shared.clone();
+    until(120, "an epoch saved by the victim", || {
+        shared
+            .status()
+            .jobs
+            .iter()
+            .any(|j| j.state == "leased" && j.worker == "victim" && j.epoch >= 1)
+    })
+    .await;
+    let job = shared
+        .status()
+        .jobs
+        .into_iter()
+        .find(|j| j.worker == "victim")
+        .unwrap()
+        .job_id;
+    victim.abort();
+    let survivor = spawn_worker(&addr, "survivor");
+    handle.wait().await.unwrap();
+    survivor.await.unwrap().unwrap();
+    let j = journal(&out);
+    let entry = &j.jobs[&job];
+    assert_eq!(
+        (entry.attempts, entry.disruptions, entry.failures),
+        (2, 1, 0)
+    );
+    // The second attempt trained only the epochs the first had not saved.
+    let r = &j.done()[&job];
+    assert_eq!((r.worker.as_str(), r.attempt), ("survivor", 2));
+    let summary: serde_json::Value = serde_json::from_str(&r.summary_json).unwrap();
+    assert_eq!(summary["history"].as_array().unwrap().len(), 3);
+    let saved = entry.saved.as_ref().unwrap();
+    assert_eq!(saved.epochs, 3, "{saved:?}");
+    let first_attempt = out.join("jobs").join(&job);
+    let resumed_at = std::fs::read_dir(&first_attempt)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path() != Path::new(&r.out_url))
+        .flat_map(|e| std::fs::read_dir(e.path().join("state")).unwrap())
+        .count();
+    assert!(resumed_at >= 1, "the killed attempt saved its state");
+    // Bit-identical to the uninterrupted run: predictions and losses.
+    assert_eq!(outputs(&out), outputs(&calm));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -298,30 +423,66 @@ async fn a_restarted_coordinator_resumes_without_rerunning_finished_jobs() {
     };
     let mut first = coordinator();
     let worker = spawn_worker(&format!("http://127.0.0.1:{port}"), "w");
-    let journal_path = out.join("journal.json");
     until(120, "a first accepted result", || {
-        std::fs::read(&journal_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Journal>(&b).ok())
-            .is_some_and(|j| !j.done.is_empty())
+        snapshot(&out).is_some_and(|j| !j.done().is_empty())
     })
     .await;
     first.kill().unwrap();
     first.wait().unwrap();
-    let before = journal(&out).done;
+    let before = journal(&out).done();
     let mut second = coordinator();
     let status = tokio::task::spawn_blocking(move || second.wait().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "restarted coordinator failed");
     assert_eq!(worker.await.unwrap().unwrap(), Ended::RunOver);
-    let after = journal(&out).done;
+    let after = journal(&out).done();
     assert_eq!(after.len(), 2);
     for (job, r) in &before {
         assert_eq!(&after[job], r, "{job} was not re-run");
-        assert_eq!(attempts(&out, job), 1, "{job}");
+    }
+    // The job in flight at the crash was adopted, not restarted: one attempt for every job.
+    for (job, r) in &after {
+        assert_eq!((attempts(&out, job), r.attempt), (1, 1), "{job}");
     }
     assert!(out.join("submission.csv").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_on_an_owned_run_leases_nothing_and_exits_with_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 12, 7);
+    let out = tmp.path().join("run");
+    let first = start(plan(&data, &out, 2), settings(2_000, 60_000)).await;
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_hbac"))
+        .args([
+            "coordinator",
+            "--data",
+            &data,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--listen", "127.0.0.1:0", "--k", "2", "--lease-ttl", "2"])
+        .env("HBAC_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is owned by coordinator \"test-coordinator\""),
+        "{stderr}"
+    );
+    // It claimed no generation: the first still owns the run, and all its jobs are pending.
+    assert!(!out.join("journal/owner-000002").exists());
+    let status = first.shared.status();
+    assert_eq!(status.state, "running");
+    assert!(status.jobs.iter().all(|j| j.state == "pending"));
+    let latest = journal(&out);
+    assert_eq!(
+        (latest.owner.id.as_str(), latest.owner.generation),
+        ("test-coordinator", 1)
+    );
+    first.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,6 +612,7 @@ async fn mutual_tls_runs_the_job_and_refuses_clients_without_a_trusted_certifica
             ),
             metrics_addr: None,
             linger: Duration::from_millis(1500),
+            id: "test-coordinator".into(),
         },
         listener,
     )
@@ -493,7 +655,7 @@ async fn mutual_tls_runs_the_job_and_refuses_clients_without_a_trusted_certifica
     let worker = tokio::spawn(client::run(opts, executor(), rx));
     handle.wait().await.unwrap();
     assert_eq!(worker.await.unwrap().unwrap(), Ended::RunOver);
-    assert_eq!(journal(&out).done.len(), 2);
+    assert_eq!(journal(&out).done().len(), 2);
     assert!(out.join("submission.csv").exists());
 }
 
@@ -553,7 +715,7 @@ async fn sigterm_hands_the_lease_back_and_the_worker_exits_non_zero() {
         .find(|j| j.attempt == 1)
         .expect("the leased job");
     assert_eq!(job.state, "pending", "{job:?}");
-    assert_eq!(handle.shared.lock().counters.lease_expiries, 0);
+    assert_eq!(handle.shared.lock().counters().lease_expiries, 0);
     handle.abort();
 }
 
@@ -597,7 +759,7 @@ async fn a_drained_worker_finishes_its_job_then_leaves_the_rest_to_others() {
     assert_eq!(ended.unwrap().unwrap(), Ended::Drained);
     let done_by_drained = || {
         journal(&out)
-            .done
+            .done()
             .values()
             .filter(|r| r.worker == "drained")
             .count()
@@ -609,7 +771,7 @@ async fn a_drained_worker_finishes_its_job_then_leaves_the_rest_to_others() {
     assert_eq!(other.await.unwrap().unwrap(), Ended::RunOver);
     assert_eq!(report.jobs.len(), 3);
     assert_eq!(done_by_drained(), 1);
-    assert_eq!(journal(&out).done.len(), 3);
+    assert_eq!(journal(&out).done().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,6 +826,7 @@ async fn hbac_status_reaches_a_mutual_tls_coordinator_with_its_certificate() {
             ),
             metrics_addr: None,
             linger: Duration::from_millis(100),
+            id: "test-coordinator".into(),
         },
         listener,
     )

@@ -95,13 +95,22 @@ fn environment(docs: &[Value], c: &Value) -> BTreeMap<String, String> {
 
 /// Parses the container's command line with hbac's clap definitions under its environment.
 fn parse(docs: &[Value], c: &Value) -> Cli {
+    let env = environment(docs, c);
+    // Kubernetes expands $(NAME) in args from the container's environment.
     let args: Vec<String> = c["args"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| str_of(a).to_string())
+        .map(|a| {
+            env.iter().fold(str_of(a).to_string(), |a, (k, v)| {
+                a.replace(&format!("$({k})"), v)
+            })
+        })
         .collect();
-    let env = environment(docs, c);
+    assert!(
+        args.iter().all(|a| !a.contains("$(")),
+        "an argument names a variable the container does not have: {args:?}"
+    );
     let saved: Vec<(&String, Option<std::ffi::OsString>)> =
         env.keys().map(|k| (k, std::env::var_os(k))).collect();
     // SAFETY: the other test in this binary does not touch the environment.
@@ -187,6 +196,7 @@ fn check_overlay(docs: &[Value], gpu: bool) {
     let Sub::Coordinator(coord) = parse(docs, c).command else {
         panic!("the coordinator container does not run `hbac coordinator`");
     };
+    coord.check_transport().unwrap();
     assert!(coord.data.starts_with("s3://"), "{}", coord.data);
     assert!(coord.out.starts_with("s3://"), "{}", coord.out);
     assert_eq!(coord.recipe.k, 5);
@@ -286,6 +296,14 @@ fn check_overlay(docs: &[Value], gpu: bool) {
     let Sub::Worker(worker) = parse(docs, wc).command else {
         panic!("the worker container does not run `hbac worker`");
     };
+    // Workers open only the run's storage: the data root (with the cache below it) and the
+    // output root.
+    let run_env = environment(docs, wc);
+    assert_eq!(
+        worker.storage_roots,
+        vec![run_env["HBAC_DATA"].clone(), run_env["HBAC_OUT"].clone()]
+    );
+    worker.tls.check_transport(&worker.coordinator).unwrap();
     let url = url::Url::parse(&worker.coordinator).unwrap();
     assert_eq!(url.host_str(), svc["metadata"]["name"].as_str());
     assert_eq!(url.port().map(i64::from), Some(svc_grpc));

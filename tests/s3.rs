@@ -125,9 +125,20 @@ fn the_whole_pipeline_runs_on_s3_and_bad_credentials_fail_clearly() {
     let tokio = tokio::runtime::Runtime::new().unwrap();
     tokio.block_on(async {
         let out = Store::open(&run).unwrap();
-        let journal: serde_json::Value =
-            serde_json::from_slice(&out.get("journal.json").await.unwrap()).unwrap();
-        assert_eq!(journal["done"].as_object().unwrap().len(), 4, "{journal}");
+        let journal = hbac_coordinator::journal::read(&out)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(journal.done().len(), 4, "{journal:?}");
+        assert!(
+            journal.owner.released,
+            "a finished run lets go of its journal"
+        );
+        // The journal's fencing rests on conditional creates: the server must refuse a second
+        // create of the same key (If-None-Match: *), not overwrite it.
+        assert!(out.put_new("fence-probe", "first").await.unwrap());
+        assert!(!out.put_new("fence-probe", "second").await.unwrap());
+        assert_eq!(&out.get("fence-probe").await.unwrap()[..], b"first");
         let report: serde_json::Value =
             serde_json::from_slice(&out.get("report.json").await.unwrap()).unwrap();
         assert!(report["cv"].as_f64().unwrap().is_finite(), "{report}");

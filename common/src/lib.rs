@@ -12,6 +12,7 @@
 //! * [`metric`] — the Kaggle KL-divergence score and the Keras KL loss;
 //! * [`synth`] — deterministic synthetic HMS data sets with learnable class signal;
 //! * [`plot`] — SVG loss-vs-epoch figures;
+//! * [`records`] — the typed files of a job attempt (summary, metrics, saved training states);
 //! * [`progress`] — progress bars shared by every long-running command.
 
 pub mod error;
@@ -24,6 +25,7 @@ pub mod prepare;
 pub mod preprocess;
 pub mod progress;
 pub mod proto;
+pub mod records;
 pub mod storage;
 pub mod synth;
 

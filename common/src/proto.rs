@@ -9,7 +9,7 @@ pub mod wire {
 }
 
 /// Version of the protocol in `proto/hbac.proto`; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Training backend a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -103,6 +103,10 @@ pub struct JobOrder {
     pub labels: crate::preprocess::LabelMode,
     pub train: serde_json::Value,
     pub io_concurrency: usize,
+    /// An earlier attempt's folder (below the run's output root) holding saved training states:
+    /// this attempt resumes from the latest complete one.
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 /// The token a peer presents, as gRPC metadata: `authorization: Bearer <token>`.

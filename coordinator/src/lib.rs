@@ -3,13 +3,15 @@
 //! metrics, and aggregation (CV score, ensemble, report). It never imports the worker: the
 //! training configuration travels as opaque JSON.
 //!
-//! * [`plan`] — jobs, their orders, and the journal a restarted coordinator resumes from;
+//! * [`plan`] — jobs and their orders;
+//! * [`journal`] — the run's durable state in object storage and its single owner (fencing);
 //! * [`state`] — the scheduling rules, free of I/O;
 //! * [`service`] — the gRPC service over the state;
 //! * [`server`] — starting and driving a run; [`metrics`] — `/metrics`;
 //! * [`aggregate`] — CV score, ensemble, `submission.csv`, `report.json`, `cv.svg`.
 
 pub mod aggregate;
+pub mod journal;
 pub mod metrics;
 pub mod plan;
 pub mod server;

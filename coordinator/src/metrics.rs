@@ -28,7 +28,7 @@ pub fn render(shared: &Shared) -> String {
     let mut r = Registry::with_prefix("hbac");
     let jobs = Family::<Labels, Gauge>::default();
     for state in ["pending", "leased", "done", "failed"] {
-        let n = s.jobs.iter().filter(|j| j.state.name() == state).count();
+        let n = s.jobs().iter().filter(|j| j.state.name() == state).count();
         jobs.get_or_create(&vec![("state".into(), state.into())])
             .set(n as i64);
     }
@@ -39,7 +39,7 @@ pub fn render(shared: &Shared) -> String {
         "Workers heard from recently",
         s.live_workers(Instant::now().into_std()) as f64,
     );
-    let c = &s.counters;
+    let c = s.counters();
     for (name, help, v) in [
         ("leases", "Leases granted", c.leases),
         (
@@ -53,6 +53,21 @@ pub fn render(shared: &Shared) -> String {
             c.job_timeouts,
         ),
         ("retries", "Attempts re-queued", c.retries),
+        (
+            "stalls",
+            "Attempts stopped because their trainer stopped moving",
+            c.stalls,
+        ),
+        (
+            "disruptions",
+            "Attempts lost with their worker (expiry, hand-back, drain)",
+            c.disruptions,
+        ),
+        (
+            "adopted_leases",
+            "Leases taken over from a previous coordinator",
+            c.adopted,
+        ),
         ("epochs", "Epochs reported by workers", c.epochs),
         (
             "late_results",
@@ -63,7 +78,7 @@ pub fn render(shared: &Shared) -> String {
         gauge(&mut r, &format!("{name}_total"), help, v as f64);
     }
     let losses = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    for j in &s.jobs {
+    for j in s.jobs() {
         if let JobState::Leased(l) = &j.state {
             for (split, v) in [
                 ("train", l.progress.train_kl),

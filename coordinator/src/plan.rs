@@ -1,16 +1,13 @@
-//! The run plan: every (architecture × fold) job with its order, and the journal that lets a
-//! restarted coordinator resume without re-running finished jobs.
-
-use std::collections::HashMap;
+//! The run plan: every (architecture × fold) job with its order, and which plans are the same
+//! run (a restarted coordinator resumes only its own).
 
 use hbac_common::folds::KFold;
 use hbac_common::preprocess::{LabelMode, SampleSelection};
 use hbac_common::proto::JobOrder;
-use hbac_common::storage::Store;
-use hbac_common::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::state::{JobDef, JobResult};
+use crate::journal::Saved;
+use crate::state::JobDef;
 
 /// What to run: data, folds, and one training configuration per architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,8 +45,30 @@ impl Plan {
         train.get("epochs")?.as_u64().map(|e| e as usize)
     }
 
-    /// The order for one attempt of `job`; its files go to `jobs/<job>/<lease>/`.
-    pub fn order(&self, job: &JobDef, lease_id: &str) -> JobOrder {
+    /// Whether `other` is the same run: equal but for the tuning knobs a restart on another
+    /// machine may change (`--jobs`, loader threads).
+    pub fn same_run(&self, other: &Plan) -> bool {
+        fn identity(p: &Plan) -> Plan {
+            let mut p = p.clone();
+            p.io_concurrency = 0;
+            for (_, train) in &mut p.archs {
+                if let Some(t) = train.as_object_mut() {
+                    t.remove("loader_threads");
+                }
+            }
+            p
+        }
+        identity(self) == identity(other)
+    }
+
+    /// The folder of one attempt of `job` (computed here, never taken from a worker).
+    pub fn attempt_dir(&self, job: &str, lease_id: &str) -> String {
+        format!("{}/jobs/{job}/{lease_id}", self.out)
+    }
+
+    /// The order for one attempt of `job`; its files go to its [`Plan::attempt_dir`], and it
+    /// resumes from the attempt that saved `resume`.
+    pub fn order(&self, job: &JobDef, lease_id: &str, resume: Option<&Saved>) -> JobOrder {
         let train = self
             .archs
             .iter()
@@ -62,58 +81,13 @@ impl Plan {
             fold: job.fold,
             data: self.data.clone(),
             cache: self.cache.clone(),
-            out: format!("{}/jobs/{}/{lease_id}", self.out, job.id),
+            out: self.attempt_dir(&job.id, lease_id),
             kfold: self.kfold,
             selection: self.selection,
             labels: self.labels,
             train,
             io_concurrency: self.io_concurrency,
+            resume: resume.map(|s| self.attempt_dir(&job.id, &s.lease_id)),
         }
-    }
-}
-
-/// `journal.json` in the output root: the plan and every accepted result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Journal {
-    pub version: u32,
-    pub plan: Plan,
-    pub done: HashMap<String, JobResult>,
-}
-
-pub const JOURNAL: &str = "journal.json";
-
-impl Journal {
-    /// The accepted results of an earlier coordinator of the same plan, or none for a fresh
-    /// output root. A journal of another plan is an error: resuming it would mix two runs.
-    pub async fn resume(out: &Store, plan: &Plan) -> Result<HashMap<String, JobResult>> {
-        if !out.exists(JOURNAL).await? {
-            return Ok(HashMap::new());
-        }
-        let url = out.url(JOURNAL);
-        let journal: Journal = serde_json::from_slice(&out.get(JOURNAL).await?)
-            .map_err(|e| Error::invalid(hbac_common::error::Location::file(&url), e.to_string()))?;
-        if journal.plan != *plan {
-            return Err(Error::invalid(
-                hbac_common::error::Location::file(&url),
-                "this output root holds a run with another plan (data, folds, architectures or \
-                 training settings differ); use a new --out, or delete the journal to start over"
-                    .to_string(),
-            ));
-        }
-        Ok(journal.done)
-    }
-
-    /// Writes the journal atomically.
-    pub async fn save(out: &Store, plan: &Plan, done: HashMap<String, JobResult>) -> Result<()> {
-        let journal = Journal {
-            version: 1,
-            plan: plan.clone(),
-            done,
-        };
-        out.put(
-            JOURNAL,
-            serde_json::to_vec_pretty(&journal).expect("serialisable"),
-        )
-        .await
     }
 }

@@ -1,6 +1,8 @@
-//! Running a coordinator: resume from the journal, serve gRPC (the service, health,
-//! reflection; token-checked, optional TLS / mutual TLS) and Prometheus metrics, apply the
-//! deadlines, and aggregate when every job is done.
+//! Running a coordinator: claim the run's journal (waiting out a previous owner that may still
+//! be alive), resume its state, serve gRPC (the service, health, reflection; token-checked,
+//! optional TLS / mutual TLS, HTTP/2 keep-alives) and Prometheus metrics, apply the deadlines,
+//! renew the claim, and aggregate when every job is done. A coordinator replaced by a newer
+//! one stops leasing and exits with [`RunError::Fenced`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,11 +16,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::aggregate::{Report, aggregate};
+use crate::journal::{Journal, JournalError};
 use crate::metrics;
-use crate::plan::{Journal, Plan};
+use crate::plan::Plan;
 use crate::service::{Service, Shared, check_token, tick_period};
 use crate::state::{RunState, Settings, State};
 
@@ -31,6 +34,8 @@ pub enum RunError {
     Failed(String),
     #[error("gRPC server: {0}")]
     Transport(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// A coordinator's settings.
@@ -45,6 +50,16 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// How long to keep answering "stop" to workers after the run ends.
     pub linger: Duration,
+    /// This coordinator's id in the journal (who owns the run).
+    pub id: String,
+}
+
+impl Config {
+    /// How long a claim on the run lives without a journal write: a starting coordinator that
+    /// finds a younger one watches the journal this long before it takes the run over.
+    pub fn owner_lifetime(&self) -> Duration {
+        (self.settings.lease_ttl / 2).max(Duration::from_millis(200))
+    }
 }
 
 /// A started coordinator.
@@ -78,27 +93,25 @@ impl Handle {
 /// the end in a background task.
 pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunError> {
     let out = Store::create(&cfg.plan.out)?;
-    let done = Journal::resume(&out, &cfg.plan).await?;
-    if !done.is_empty() {
-        info!(done = done.len(), "resuming from the journal");
-    }
-    let jobs = cfg.plan.jobs();
+    let (journal, seen) = Journal::claim(&out, &cfg.plan, &cfg.id, cfg.owner_lifetime()).await?;
+    let (entries, drained) = seen.map(|s| (s.jobs, s.drained)).unwrap_or_default();
     let state = State::new(
-        jobs.clone(),
-        &done,
+        cfg.plan.jobs(),
+        &entries,
+        drained,
         cfg.settings.clone(),
         Instant::now().into_std(),
     );
-    let shared = Arc::new(Shared {
-        state: std::sync::Mutex::new(state),
-        plan: cfg.plan.clone(),
-        jobs,
-        out,
-        journal: tokio::sync::Mutex::new(0),
-        changed: tokio::sync::Notify::new(),
-        cv: std::sync::OnceLock::new(),
-    });
-    shared.save_journal(0).await?;
+    {
+        let c = state.counters();
+        let done = state.done().len();
+        if done > 0 || c.adopted > 0 {
+            info!(done, adopted = c.adopted, "resuming from the journal");
+        }
+    }
+    let shared = Arc::new(Shared::new(state, cfg.plan.clone(), out, journal));
+    // The claim entry: the run is ours from here on.
+    shared.renew(Duration::ZERO, false).await?;
 
     let addr = listener
         .local_addr()
@@ -113,7 +126,9 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RunError::Transport(e.to_string()))?;
-    let mut server = Server::builder();
+    let mut server = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE * 2));
     if let Some(tls) = cfg.tls.clone() {
         server = server
             .tls_config(tls)
@@ -143,17 +158,21 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
             Ok(report) => {
                 let _ = run.cv.set(report.cv);
             }
+            Err(e @ RunError::Journal(JournalError::Fenced { .. })) => {
+                // Not a failed run: another coordinator runs it now. Close at once, so the
+                // workers' retries reach the new owner.
+                error!(error = %e, "replaced by another coordinator; stopping");
+            }
             Err(e) => {
                 error!(error = %e, "run failed");
                 // Every job may be done while aggregation failed: status must say failed.
-                let mut s = run.lock();
-                if !matches!(s.run, RunState::Failed(_)) {
-                    s.run = RunState::Failed(e.to_string());
-                }
+                run.lock().fail_run(e.to_string());
             }
         }
         // Keep answering "stop" for a while so workers exit cleanly, then close.
-        tokio::time::sleep(cfg.linger).await;
+        if run.fenced.get().is_none() {
+            tokio::time::sleep(cfg.linger).await;
+        }
         let _ = stop_tx.send(());
         let _ = serving.await;
         health.set_not_serving::<CoordinatorServer<Service>>().await;
@@ -168,30 +187,45 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
     })
 }
 
-/// Applies deadlines until every job is done or the run fails, then aggregates.
+/// HTTP/2 pings on idle connections, both ways: a peer that stops answering is dropped
+/// instead of hanging calls until the operating system's TCP timeout.
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Applies deadlines and keeps the journal current (at least every third of the owner
+/// lifetime, which renews the claim) until every job is done or the run fails, then aggregates
+/// and releases the run.
 async fn drive(shared: &Arc<Shared>, cfg: &Config) -> Result<Report, RunError> {
     let period = tick_period(cfg.settings.lease_ttl);
+    let renew = cfg.owner_lifetime() / 3;
     loop {
         let run = {
             let mut s = shared.lock();
             s.tick(Instant::now().into_std());
-            s.run.clone()
+            s.run().clone()
         };
+        match shared.renew(renew, false).await {
+            Ok(()) => {}
+            Err(e @ JournalError::Fenced { .. }) => return Err(e.into()),
+            Err(e) => warn!(error = %e, "could not write the journal; retrying"),
+        }
         match run {
             RunState::Running => {}
             RunState::Finished => break,
-            RunState::Failed(e) => return Err(RunError::Failed(e)),
+            RunState::Failed(e) => {
+                let _ = shared.renew(Duration::ZERO, true).await;
+                return Err(RunError::Failed(e));
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shared.changed.notified() => {}
         }
     }
-    let accepted = shared.lock().accepted;
-    shared.save_journal(accepted).await?;
     let done = shared.lock().done();
     info!("every job is done; aggregating");
     let report = aggregate(&shared.plan, &shared.jobs, &done, &shared.out).await?;
+    // The results are written: let the run go (a later coordinator claims it at once).
+    shared.renew(Duration::ZERO, true).await?;
     info!(cv = report.cv, "run finished");
     Ok(report)
 }

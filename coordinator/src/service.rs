@@ -1,6 +1,9 @@
 //! The gRPC service: each call checks the worker token (an interceptor), locks the
-//! [`State`](crate::state::State) for the rule, and journals accepted results before it
-//! answers, so an accepted result survives a coordinator restart.
+//! [`State`](crate::state::State) for the rule, and writes the journal before it answers a call
+//! whose answer must survive a restart: a lease is granted, and a result acknowledged, only once
+//! the journal holds it (else the call fails with UNAVAILABLE and the worker retries; a retry
+//! of the same call is answered the same way). Calls are keyed by lease, not by session, so a
+//! restarted coordinator serves the workers of its predecessor without a new registration.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -10,13 +13,17 @@ use futures::StreamExt;
 use hbac_common::proto::wire::coordinator_server::Coordinator;
 use hbac_common::proto::wire::{self, lease_response, report_request};
 use hbac_common::proto::{AUTH_HEADER, PROTOCOL_VERSION, Registration};
+use hbac_common::records::SUMMARY;
 use hbac_common::storage::Store;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::plan::{Journal, Plan};
-use crate::state::{JobDef, JobResult, JobState, LeaseOutcome, Progress, Refusal, RunState, State};
+use crate::journal::{Journal, JournalError};
+use crate::plan::Plan;
+use crate::state::{
+    Ending, JobDef, JobResult, JobState, LeaseOutcome, Progress, Refusal, RunState, State,
+};
 
 /// What the service and the run loop share.
 pub struct Shared {
@@ -24,9 +31,11 @@ pub struct Shared {
     pub plan: Plan,
     pub jobs: Vec<JobDef>,
     pub out: Store,
-    /// Orders journal writes and holds the number of accepted results the journal on storage
-    /// already includes (group commit: one write covers every result accepted before it).
-    pub journal: tokio::sync::Mutex<usize>,
+    /// The claimed journal and the state version it holds (group commit: one write covers
+    /// every change made before it started).
+    journal: tokio::sync::Mutex<Committed>,
+    /// Set once a newer coordinator has claimed the run: nothing more is leased or written.
+    pub fenced: std::sync::OnceLock<String>,
     /// Woken whenever a job ends or the run state changes.
     pub changed: tokio::sync::Notify,
     /// The run's CV score, set once the results are written: until then a run whose jobs are
@@ -34,39 +43,125 @@ pub struct Shared {
     pub cv: std::sync::OnceLock<f64>,
 }
 
+struct Committed {
+    journal: Journal,
+    version: Option<u64>,
+    at: Instant,
+}
+
 impl Shared {
+    /// Shares `state`, whose journal is `journal`.
+    pub fn new(state: State, plan: Plan, out: Store, journal: Journal) -> Self {
+        Shared {
+            jobs: plan.jobs(),
+            state: Mutex::new(state),
+            plan,
+            out,
+            journal: tokio::sync::Mutex::new(Committed {
+                journal,
+                version: None,
+                at: Instant::now(),
+            }),
+            fenced: std::sync::OnceLock::new(),
+            changed: tokio::sync::Notify::new(),
+            cv: std::sync::OnceLock::new(),
+        }
+    }
+
     pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes sure the journal on storage includes the first `accepted` results: returns at
-    /// once if a write that started after them has finished, else writes the latest state.
-    pub async fn save_journal(&self, accepted: usize) -> hbac_common::Result<()> {
-        let mut written = self.journal.lock().await;
-        if *written >= accepted && accepted > 0 {
+    /// Makes sure the journal holds state version `version` (or a later one): returns at once
+    /// if a write that started after it has finished, else writes the latest state. A
+    /// coordinator found fenced remembers it and writes nothing more.
+    pub async fn commit(&self, version: u64) -> Result<(), JournalError> {
+        self.write(Some(version), false).await
+    }
+
+    /// Writes the journal if anything changed since the last write, or if the last write is
+    /// older than `renew` (an owner's claim is renewed by writing); `released` marks the end.
+    pub async fn renew(&self, renew: Duration, released: bool) -> Result<(), JournalError> {
+        let due = {
+            let c = self.journal.lock().await;
+            released || c.at.elapsed() >= renew || c.version != Some(self.lock().version())
+        };
+        if due {
+            self.write(None, released).await?;
+        }
+        Ok(())
+    }
+
+    /// The folder of a reported attempt if its summary is there, or why not (a result is
+    /// accepted only with its files in place); storage trouble is UNAVAILABLE, for a retry.
+    async fn check_result(&self, dir: Option<&str>) -> Result<Result<String, String>, Status> {
+        let Some(dir) = dir else {
+            return Ok(Err("the lease names no job of this run".into()));
+        };
+        let store = match Store::open(dir) {
+            Ok(store) => store,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let present = store
+            .exists(SUMMARY)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(match present {
+            true => Ok(dir.to_string()),
+            false => Err(format!("{dir}/{SUMMARY} does not exist")),
+        })
+    }
+
+    async fn write(&self, version: Option<u64>, released: bool) -> Result<(), JournalError> {
+        if let Some(why) = self.fenced.get() {
+            return Err(JournalError::Fenced {
+                generation: 0,
+                newer: 0,
+                out: why.clone(),
+            });
+        }
+        let mut c = self.journal.lock().await;
+        if let (Some(v), Some(done)) = (version, c.version)
+            && done >= v
+            && !released
+        {
             return Ok(());
         }
-        let (done, count) = {
+        let (entries, drained, v) = {
             let s = self.lock();
-            (s.done(), s.accepted)
+            (s.entries(), s.drained(), s.version())
         };
-        Journal::save(&self.out, &self.plan, done).await?;
-        *written = count;
-        Ok(())
+        match c
+            .journal
+            .append(&self.plan, entries, drained, released)
+            .await
+        {
+            Ok(()) => {
+                c.version = Some(v);
+                c.at = Instant::now();
+                Ok(())
+            }
+            Err(e @ JournalError::Fenced { .. }) => {
+                let _ = self.fenced.set(e.to_string());
+                self.changed.notify_waiters();
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The run as `hbac status` and the progress view show it.
     pub fn status(&self) -> wire::StatusResponse {
         let s = self.lock();
         let now = Instant::now().into_std();
-        let (state, error) = match &s.run {
+        let (state, error) = match s.run() {
             RunState::Running => ("running", String::new()),
             RunState::Finished if self.cv.get().is_some() => ("finished", String::new()),
             RunState::Finished => ("aggregating", String::new()),
             RunState::Failed(e) => ("failed", e.clone()),
         };
         let jobs = s
-            .jobs
+            .jobs()
             .iter()
             .map(|j| {
                 let (worker, mut p) = match &j.state {
@@ -113,9 +208,21 @@ impl From<Refusal> for Status {
     }
 }
 
-/// Compares without an early exit, so response time does not reveal the token's prefix.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// A journal that cannot be written is UNAVAILABLE: the worker retries (here, or with the
+/// coordinator that replaced this one).
+fn unavailable(e: JournalError) -> Status {
+    warn!(error = %e, "journal not written; the call is refused for a retry");
+    Status::unavailable(format!("the coordinator could not write its journal: {e}"))
+}
+
+/// Compares `given` with `expected` in a time that depends on neither the given token nor how
+/// much of it matches: no early exit, and the loop runs over the expected length whatever the
+/// given one is, so a wrong token reveals neither a prefix nor the length.
+fn same(given: &[u8], expected: &[u8]) -> bool {
+    let diff = (0..expected.len()).fold(given.len() ^ expected.len(), |acc, i| {
+        acc | usize::from(given.get(i).copied().unwrap_or(0) ^ expected[i])
+    });
+    diff == 0
 }
 
 /// The interceptor that refuses calls without the shared token.
@@ -165,8 +272,8 @@ impl Coordinator for Service {
         Ok(Response::new(wire::RegisterResponse {
             protocol_version: PROTOCOL_VERSION,
             session,
-            heartbeat_ms: s.settings.heartbeat().as_millis() as u64,
-            lease_ttl_ms: s.settings.lease_ttl.as_millis() as u64,
+            heartbeat_ms: s.settings().heartbeat().as_millis() as u64,
+            lease_ttl_ms: s.settings().lease_ttl.as_millis() as u64,
         }))
     }
 
@@ -175,15 +282,26 @@ impl Coordinator for Service {
         req: Request<wire::LeaseRequest>,
     ) -> Result<Response<wire::LeaseResponse>, Status> {
         let req = req.into_inner();
-        let outcome = self.0.lock().lease(&req.session, now())?;
+        if let Some(why) = self.0.fenced.get() {
+            return Err(Status::unavailable(why.clone()));
+        }
+        let (outcome, version) = {
+            let mut s = self.0.lock();
+            let outcome = s.lease(&req.session, req.slot, now())?;
+            (outcome, s.version())
+        };
         let outcome = match outcome {
             LeaseOutcome::Job(g) => {
+                // Granted only once the journal holds the lease: a restarted coordinator
+                // adopts it instead of running the job twice.
+                self.0.commit(version).await.map_err(unavailable)?;
                 let def = &self.0.jobs[g.job];
-                let order = self.0.plan.order(def, &g.lease_id);
+                let order = self.0.plan.order(def, &g.lease_id, g.resume.as_ref());
                 info!(
                     job = def.id,
                     lease = g.lease_id,
                     attempt = g.attempt,
+                    resume_epochs = g.resume.as_ref().map(|r| r.epochs),
                     "leased"
                 );
                 lease_response::Outcome::Lease(wire::Lease {
@@ -209,7 +327,14 @@ impl Coordinator for Service {
         req: Request<wire::HeartbeatRequest>,
     ) -> Result<Response<wire::HeartbeatResponse>, Status> {
         let req = req.into_inner();
-        let verdict = self.0.lock().heartbeat(&req.session, &req.lease_id, now());
+        let verdict = match self.0.fenced.get() {
+            Some(why) => return Err(Status::unavailable(why.clone())),
+            None => {
+                self.0
+                    .lock()
+                    .heartbeat(&req.session, &req.lease_id, (req.epoch, req.batch), now())
+            }
+        };
         Ok(Response::new(match verdict {
             Ok(()) => wire::HeartbeatResponse {
                 cancel: false,
@@ -233,17 +358,18 @@ impl Coordinator for Service {
             received += 1;
             let mut s = self.0.lock();
             let _ = s.touch(&m.session, now());
-            s.epoch(
-                &m.lease_id,
-                Progress {
-                    epoch: m.epoch as usize,
-                    epochs: m.epochs as usize,
-                    train_kl: Some(m.train_kl),
-                    valid_kl: m.valid_kl,
-                    seconds: m.seconds,
-                },
-            );
+            let p = Progress {
+                epoch: m.epoch as usize,
+                epochs: m.epochs as usize,
+                train_kl: Some(m.train_kl),
+                valid_kl: m.valid_kl,
+                seconds: m.seconds,
+            };
+            s.epoch(&m.lease_id, p, m.saved);
         }
+        // A saved state is journaled by the run loop's next write (not awaited here: losing
+        // it costs at most that epoch).
+        self.0.changed.notify_waiters();
         Ok(Response::new(wire::MetricsAck { received }))
     }
 
@@ -252,36 +378,83 @@ impl Coordinator for Service {
         req: Request<wire::ReportRequest>,
     ) -> Result<Response<wire::ReportResponse>, Status> {
         let req = req.into_inner();
-        let worker = self.0.lock().touch(&req.session, now())?;
+        // Keyed by lease: a worker of the previous coordinator reports without registering.
+        let worker = {
+            let mut s = self.0.lock();
+            s.touch(&req.session, now()).unwrap_or_default()
+        };
         let verdict = match req.result {
             Some(report_request::Result::Success(s)) => {
                 let r = JobResult {
-                    out_url: s.out_url,
+                    lease_id: req.lease_id.clone(),
+                    // Where the files are is the coordinator's to say, not the worker's.
+                    out_url: String::new(),
                     summary_json: s.summary_json,
                     attempt: 0,
                     worker: worker.clone(),
                 };
-                let verdict = {
-                    let mut s = self.0.lock();
-                    s.complete(&req.lease_id, r).map(|_| s.accepted)
-                };
-                if let Ok(accepted) = verdict {
-                    info!(lease = req.lease_id, worker, "result accepted");
-                    if let Err(e) = self.0.save_journal(accepted).await {
-                        warn!(error = %e, "could not write the journal; will retry with the next change");
+                let job = self
+                    .0
+                    .jobs
+                    .iter()
+                    .find(|j| req.lease_id.starts_with(&format!("{}-a", j.id)));
+                let dir = job.map(|j| self.0.plan.attempt_dir(&j.id, &req.lease_id));
+                match self.0.check_result(dir.as_deref()).await? {
+                    Ok(out_url) => {
+                        let verdict = {
+                            let mut s = self.0.lock();
+                            s.complete(&req.lease_id, JobResult { out_url, ..r })
+                                .map(|_| s.version())
+                        };
+                        match verdict {
+                            Ok(version) => {
+                                self.0.commit(version).await.map_err(unavailable)?;
+                                info!(lease = req.lease_id, worker, "result accepted");
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(why) => {
+                        // The files are not there: the attempt failed after all.
+                        warn!(lease = req.lease_id, worker, why, "result refused");
+                        let ending = Ending::Failed {
+                            message: why.clone(),
+                            retryable: true,
+                        };
+                        let version = {
+                            let mut s = self.0.lock();
+                            let _ = s.end(&req.lease_id, ending);
+                            s.version()
+                        };
+                        self.0.commit(version).await.map_err(unavailable)?;
+                        Err(why)
                     }
                 }
-                verdict.map(|_| ())
             }
             Some(report_request::Result::Failure(f)) => {
                 warn!(
                     lease = req.lease_id,
                     worker,
                     retryable = f.retryable,
+                    lost = f.lost,
                     error = f.message,
-                    "attempt failed"
+                    "attempt ended without a result"
                 );
-                self.0.lock().fail(&req.lease_id, &f.message, f.retryable)
+                let ending = if f.lost {
+                    Ending::Lost(f.message)
+                } else {
+                    Ending::Failed {
+                        message: f.message,
+                        retryable: f.retryable,
+                    }
+                };
+                let (verdict, version) = {
+                    let mut s = self.0.lock();
+                    (s.end(&req.lease_id, ending), s.version())
+                };
+                self.0.commit(version).await.map_err(unavailable)?;
+                verdict
             }
             None => {
                 return Err(Status::invalid_argument(
@@ -314,7 +487,12 @@ impl Coordinator for Service {
         req: Request<wire::DrainRequest>,
     ) -> Result<Response<wire::DrainResponse>, Status> {
         let worker = req.into_inner().worker_id;
-        let (sessions, jobs) = self.0.lock().drain(&worker)?;
+        let (sessions, jobs, version) = {
+            let mut s = self.0.lock();
+            let (sessions, jobs) = s.drain(&worker)?;
+            (sessions, jobs, s.version())
+        };
+        self.0.commit(version).await.map_err(unavailable)?;
         info!(worker, jobs, "draining");
         self.0.changed.notify_waiters();
         Ok(Response::new(wire::DrainResponse {
@@ -327,4 +505,18 @@ impl Coordinator for Service {
 /// How long the run loop sleeps between deadline checks.
 pub fn tick_period(lease_ttl: Duration) -> Duration {
     (lease_ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_when_equal_whatever_their_lengths() {
+        assert!(same(b"Bearer abc", b"Bearer abc"));
+        assert!(!same(b"Bearer abd", b"Bearer abc"));
+        assert!(!same(b"Bearer ab", b"Bearer abc"), "a prefix");
+        assert!(!same(b"Bearer abc\0", b"Bearer abc"), "a longer token");
+        assert!(!same(b"", b"Bearer abc"));
+    }
 }

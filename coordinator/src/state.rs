@@ -1,22 +1,37 @@
-//! The run's scheduling state, free of I/O: the jobs, their leases and attempts, the workers,
-//! and the deadlines (lease expiry, job timeout, no-worker grace). The service locks it for each
-//! call; time is passed in, so every rule is unit-tested without waiting.
+//! The run's scheduling state, free of I/O: the jobs, their leases, attempts and saved training
+//! states, the workers, and the deadlines (lease expiry, job timeout, stalled trainers,
+//! no-worker grace). The service locks it for each call; time is passed in, so every rule is
+//! unit-tested without waiting. Everything that must survive a restart is in
+//! [`State::entries`], which the journal writes, and [`State::new`] restores it: leases included,
+//! so a restarted coordinator adopts the jobs its predecessor's workers are still training.
+//!
+//! Budgets: an attempt lost with its worker (lease expiry, shutdown hand-back, drain) is a
+//! *disruption*, counted against `max_disruptions`; an attempt that failed (a retryable error,
+//! a timeout, a stalled trainer) counts against `max_attempts` *distinct workers* it failed on
+//! (and twice that many failures in all); a non-retryable failure fails the run at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use hbac_common::records::JobSummary;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::journal::{JobEntry, LeaseEntry, Saved};
 
 /// Scheduling rules of a run.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// A lease not renewed for this long expires and its job is re-queued.
     pub lease_ttl: Duration,
-    /// Attempts per job (leases that ended without a result) before the run fails.
+    /// Distinct workers a job may fail on before the run fails.
     pub max_attempts: u32,
+    /// Attempts of one job that may be lost with their worker before the run fails.
+    pub max_disruptions: u32,
     /// Hard limit on one attempt's wall time.
     pub job_timeout: Duration,
+    /// A leased job whose heartbeats report no new batch for this long is stopped and re-queued.
+    pub stall_timeout: Duration,
     /// Fail the run when no worker has been heard from for this long while work remains.
     pub worker_grace: Duration,
 }
@@ -36,9 +51,11 @@ pub struct JobDef {
     pub fold: usize,
 }
 
-/// An accepted result: where the attempt's files are, and its `summary.json`.
+/// An accepted result: which lease produced it, where its files are, and its `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
+    #[serde(default)]
+    pub lease_id: String,
     pub out_url: String,
     pub summary_json: String,
     pub attempt: u32,
@@ -59,17 +76,7 @@ impl Progress {
     /// A finished job's final figures from its `summary.json`: every epoch run, the last
     /// epoch's train KL and the best (kept) validation KL. Unreadable summaries give none.
     pub fn of_result(r: &JobResult) -> Progress {
-        #[derive(Deserialize)]
-        struct Epoch {
-            train_kl: f64,
-            seconds: f64,
-        }
-        #[derive(Deserialize)]
-        struct Summary {
-            valid_kl: f64,
-            history: Vec<Epoch>,
-        }
-        match serde_json::from_str::<Summary>(&r.summary_json) {
+        match JobSummary::parse(r.summary_json.as_bytes(), "summary.json") {
             Ok(s) => Progress {
                 epoch: s.history.len(),
                 epochs: s.history.len(),
@@ -92,11 +99,17 @@ impl Progress {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
     pub id: String,
-    pub session: String,
+    /// The session that holds it; `None` for a lease adopted from the journal whose worker
+    /// has not called this coordinator yet.
+    pub session: Option<String>,
     pub worker: String,
+    pub slot: u32,
     pub started: Instant,
     pub expires: Instant,
     pub progress: Progress,
+    /// The latest (epoch, batch) the worker's heartbeats reported, and since when.
+    pub position: (u32, u32),
+    pub moved: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +136,13 @@ pub struct Job {
     pub def: JobDef,
     /// Leases granted so far (the attempt number of the latest).
     pub attempts: u32,
+    /// Attempts that failed, and the workers they failed on.
+    pub failures: u32,
+    pub failed_on: BTreeSet<String>,
+    /// Attempts lost with their worker.
+    pub disruptions: u32,
+    /// The latest saved training state (the next attempt resumes from it).
+    pub saved: Option<Saved>,
     pub state: JobState,
 }
 
@@ -151,6 +171,8 @@ pub struct Granted {
     pub job: usize,
     pub lease_id: String,
     pub attempt: u32,
+    /// The attempt folder whose saved state this attempt resumes from, with its epochs.
+    pub resume: Option<Saved>,
 }
 
 /// The answer to a lease request.
@@ -163,15 +185,27 @@ pub enum LeaseOutcome {
     Drain,
 }
 
+/// How an attempt ended without a result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// The worker went away (lease expiry, shutdown hand-back, drain): a disruption.
+    Lost(String),
+    /// The attempt failed; `retryable`: another worker could succeed.
+    Failed { message: String, retryable: bool },
+}
+
 /// Counters exported as Prometheus metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
     pub leases: u64,
     pub lease_expiries: u64,
     pub job_timeouts: u64,
+    pub stalls: u64,
     pub retries: u64,
+    pub disruptions: u64,
     pub epochs: u64,
     pub late_results: u64,
+    pub adopted: u64,
 }
 
 /// Why a call was refused.
@@ -186,14 +220,16 @@ pub enum Refusal {
 /// The whole scheduling state.
 #[derive(Debug)]
 pub struct State {
-    pub settings: Settings,
-    pub jobs: Vec<Job>,
-    pub workers: HashMap<String, Worker>,
-    pub run: RunState,
-    pub counters: Counters,
-    /// Results accepted by this coordinator so far (orders journal writes).
-    pub accepted: usize,
-    /// Since when no worker has been heard from (`None` while one is).
+    settings: Settings,
+    jobs: Vec<Job>,
+    workers: HashMap<String, Worker>,
+    /// Worker ids drained by `hbac drain` (kept across restarts).
+    drained: BTreeSet<String>,
+    run: RunState,
+    counters: Counters,
+    /// Bumped by every change the journal must keep.
+    version: u64,
+    /// Since when no worker has been heard from.
     idle_since: Instant,
 }
 
@@ -206,23 +242,46 @@ pub fn random_hex(n: usize) -> String {
 }
 
 impl State {
-    /// A run of `jobs`; those in `done` (from the journal) are finished already.
+    /// A run of `jobs`, restored from the journal's `entries` and `drained` workers: finished
+    /// jobs stay done, and leases in force are adopted with a fresh expiry.
     pub fn new(
         jobs: Vec<JobDef>,
-        done: &HashMap<String, JobResult>,
+        entries: &BTreeMap<String, JobEntry>,
+        drained: BTreeSet<String>,
         settings: Settings,
         now: Instant,
     ) -> Self {
+        let mut counters = Counters::default();
         let jobs = jobs
             .into_iter()
             .map(|def| {
-                let state = match done.get(&def.id) {
-                    Some(r) => JobState::Done(r.clone()),
-                    None => JobState::Pending,
+                let e = entries.get(&def.id).cloned().unwrap_or_default();
+                let state = match (e.result, e.failed, e.lease) {
+                    (Some(r), _, _) => JobState::Done(r),
+                    (None, Some(why), _) => JobState::Failed(why),
+                    (None, None, Some(l)) => {
+                        counters.adopted += 1;
+                        JobState::Leased(Lease {
+                            id: l.id,
+                            session: None,
+                            worker: l.worker,
+                            slot: l.slot,
+                            started: now,
+                            expires: now + settings.lease_ttl,
+                            progress: Progress::default(),
+                            position: (0, 0),
+                            moved: now,
+                        })
+                    }
+                    (None, None, None) => JobState::Pending,
                 };
                 Job {
-                    attempts: done.get(&def.id).map_or(0, |r| r.attempt),
                     def,
+                    attempts: e.attempts,
+                    failures: e.failures,
+                    failed_on: e.failed_on,
+                    disruptions: e.disruptions,
+                    saved: e.saved,
                     state,
                 }
             })
@@ -231,13 +290,84 @@ impl State {
             settings,
             jobs,
             workers: HashMap::new(),
+            drained,
             run: RunState::Running,
-            counters: Counters::default(),
-            accepted: 0,
+            counters,
+            version: 0,
             idle_since: now,
         };
+        if let Some(why) = s.jobs.iter().find_map(|j| match &j.state {
+            JobState::Failed(why) => Some(why.clone()),
+            _ => None,
+        }) {
+            s.run = RunState::Failed(why);
+        }
         s.check_finished();
         s
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn jobs(&self) -> &[Job] {
+        &self.jobs
+    }
+
+    pub fn run(&self) -> &RunState {
+        &self.run
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Bumped by every change the journal must keep.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Ends the run with an error found outside the scheduling rules (aggregation, journal).
+    pub fn fail_run(&mut self, why: String) {
+        if !matches!(self.run, RunState::Failed(_)) {
+            self.run = RunState::Failed(why);
+            self.version += 1;
+        }
+    }
+
+    /// What the journal keeps: every job's record.
+    pub fn entries(&self) -> BTreeMap<String, JobEntry> {
+        self.jobs
+            .iter()
+            .map(|j| {
+                let mut e = JobEntry {
+                    attempts: j.attempts,
+                    failures: j.failures,
+                    failed_on: j.failed_on.clone(),
+                    disruptions: j.disruptions,
+                    saved: j.saved.clone(),
+                    ..JobEntry::default()
+                };
+                match &j.state {
+                    JobState::Pending => {}
+                    JobState::Leased(l) => {
+                        e.lease = Some(LeaseEntry {
+                            id: l.id.clone(),
+                            worker: l.worker.clone(),
+                            slot: l.slot,
+                        })
+                    }
+                    JobState::Done(r) => e.result = Some(r.clone()),
+                    JobState::Failed(why) => e.failed = Some(why.clone()),
+                }
+                (j.def.id.clone(), e)
+            })
+            .collect()
+    }
+
+    /// The drained worker ids (the journal keeps them).
+    pub fn drained(&self) -> BTreeSet<String> {
+        self.drained.clone()
     }
 
     /// Registers a worker; returns its session id.
@@ -250,7 +380,7 @@ impl State {
                 gpus,
                 backend: backend.to_string(),
                 last_seen: now,
-                draining: false,
+                draining: self.drained.contains(id),
             },
         );
         session
@@ -274,32 +404,66 @@ impl State {
             .count()
     }
 
-    /// Drains every registration of `worker_id`: no new lease for it. Returns how many
-    /// registrations were drained and how many jobs they still hold.
+    /// The registered workers, by session.
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// Drains `worker_id` (every registration, now and after a restart): no new lease for it.
+    /// Returns how many registrations it has and how many jobs it still holds.
     pub fn drain(&mut self, worker_id: &str) -> Result<(usize, usize), Refusal> {
-        let mut sessions = Vec::new();
-        for (session, w) in self.workers.iter_mut().filter(|(_, w)| w.id == worker_id) {
-            w.draining = true;
-            sessions.push(session.clone());
-        }
-        if sessions.is_empty() {
-            return Err(Refusal::UnknownWorker(worker_id.to_string()));
-        }
         let held = self
             .jobs
             .iter()
-            .filter(|j| matches!(&j.state, JobState::Leased(l) if sessions.contains(&l.session)))
+            .filter(|j| matches!(&j.state, JobState::Leased(l) if l.worker == worker_id))
             .count();
-        Ok((sessions.len(), held))
+        let mut sessions = 0;
+        for w in self.workers.values_mut().filter(|w| w.id == worker_id) {
+            w.draining = true;
+            sessions += 1;
+        }
+        if sessions == 0 && held == 0 {
+            return Err(Refusal::UnknownWorker(worker_id.to_string()));
+        }
+        if self.drained.insert(worker_id.to_string()) {
+            self.version += 1;
+        }
+        Ok((sessions, held))
     }
 
-    /// A job for one slot of `session`'s worker, if any is pending.
-    pub fn lease(&mut self, session: &str, now: Instant) -> Result<LeaseOutcome, Refusal> {
+    /// A job for slot `slot` of `session`'s worker, if any is pending. A slot that already
+    /// holds a lease gets the same lease again (its earlier answer was lost): asking twice
+    /// never costs an attempt.
+    pub fn lease(
+        &mut self,
+        session: &str,
+        slot: u32,
+        now: Instant,
+    ) -> Result<LeaseOutcome, Refusal> {
         let worker = self.touch(session, now)?;
         match &self.run {
             RunState::Running => {}
             RunState::Finished => return Ok(LeaseOutcome::Stop("the run is finished".into())),
             RunState::Failed(e) => return Ok(LeaseOutcome::Stop(format!("the run failed: {e}"))),
+        }
+        let held = self.jobs.iter().position(|j| {
+            matches!(&j.state, JobState::Leased(l)
+                if l.slot == slot && (l.session.as_deref() == Some(session)
+                    || (l.session.is_none() && l.worker == worker)))
+        });
+        if let Some(index) = held {
+            let job = &mut self.jobs[index];
+            let JobState::Leased(l) = &mut job.state else {
+                unreachable!("matched above")
+            };
+            l.session = Some(session.to_string());
+            l.expires = now + self.settings.lease_ttl;
+            return Ok(LeaseOutcome::Job(Granted {
+                job: index,
+                lease_id: l.id.clone(),
+                attempt: job.attempts,
+                resume: job.saved.clone(),
+            }));
         }
         if self.workers[session].draining {
             return Ok(LeaseOutcome::Drain);
@@ -315,17 +479,22 @@ impl State {
         let lease_id = format!("{}-a{}-{}", job.def.id, job.attempts, random_hex(6));
         job.state = JobState::Leased(Lease {
             id: lease_id.clone(),
-            session: session.to_string(),
+            session: Some(session.to_string()),
             worker,
+            slot,
             started: now,
             expires: now + self.settings.lease_ttl,
             progress: Progress::default(),
+            position: (0, 0),
+            moved: now,
         });
         self.counters.leases += 1;
+        self.version += 1;
         Ok(LeaseOutcome::Job(Granted {
             job: index,
             lease_id,
             attempt: job.attempts,
+            resume: job.saved.clone(),
         }))
     }
 
@@ -339,40 +508,88 @@ impl State {
             })
     }
 
-    /// Renews a lease; `Err(reason)` orders the worker to cancel the job.
-    pub fn heartbeat(&mut self, session: &str, lease_id: &str, now: Instant) -> Result<(), String> {
-        if self.touch(session, now).is_err() {
-            return Err("unknown session".into());
-        }
+    /// Renews a lease, with the worker's position in it (epoch, batch); `Err(reason)` orders
+    /// the worker to cancel the job. A session this coordinator does not know is taken over
+    /// when it holds an adopted lease (its worker registered with a predecessor).
+    pub fn heartbeat(
+        &mut self,
+        session: &str,
+        lease_id: &str,
+        position: (u32, u32),
+        now: Instant,
+    ) -> Result<(), String> {
         if let RunState::Failed(e) = &self.run {
             return Err(format!("the run failed: {e}"));
         }
         let ttl = self.settings.lease_ttl;
-        match self.leased(lease_id) {
-            Some((_, l)) => {
-                l.expires = now + ttl;
-                Ok(())
-            }
-            None => Err(format!("lease {lease_id} is no longer current")),
+        let known = self.touch(session, now).is_ok();
+        let Some((_, l)) = self.leased(lease_id) else {
+            return Err(if known {
+                format!("lease {lease_id} is no longer current")
+            } else {
+                "unknown session".into()
+            });
+        };
+        match &l.session {
+            Some(s) if s == session => {}
+            None => l.session = Some(session.to_string()),
+            Some(_) => return Err(format!("lease {lease_id} is held by another session")),
         }
+        l.expires = now + ttl;
+        if position != l.position {
+            l.position = position;
+            l.moved = now;
+        }
+        let worker = l.worker.clone();
+        if !known {
+            let draining = self.drained.contains(&worker);
+            self.workers.insert(
+                session.to_string(),
+                Worker {
+                    id: worker,
+                    gpus: 0,
+                    backend: String::new(),
+                    last_seen: now,
+                    draining,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// Records one epoch of a leased job (`p.seconds` is that epoch's time; the lease keeps
-    /// the running total for the ETA); false if the lease is not current.
-    pub fn epoch(&mut self, lease_id: &str, p: Progress) -> bool {
-        match self.leased(lease_id) {
-            Some((_, l)) => {
-                let seconds = l.progress.seconds + p.seconds;
-                l.progress = Progress { seconds, ..p };
-                self.counters.epochs += 1;
-                true
-            }
-            None => false,
+    /// the running total for the ETA); `saved`: the attempt saved its training state after
+    /// this epoch. False if the lease is not current.
+    pub fn epoch(&mut self, lease_id: &str, p: Progress, saved: bool) -> bool {
+        let Some((index, l)) = self.leased(lease_id) else {
+            return false;
+        };
+        let seconds = l.progress.seconds + p.seconds;
+        let epochs = p.epoch;
+        l.progress = Progress { seconds, ..p };
+        self.counters.epochs += 1;
+        let job = &mut self.jobs[index];
+        if saved && job.saved.as_ref().is_none_or(|s| s.epochs < epochs) {
+            job.saved = Some(Saved {
+                lease_id: lease_id.to_string(),
+                epochs,
+            });
+            self.version += 1;
         }
+        true
     }
 
-    /// Accepts a job's result exactly once: only from its current lease. Returns the job index.
+    /// Accepts a job's result exactly once: only from its current lease. The same lease
+    /// reporting again (its acknowledgement was lost) is answered the same way. Returns the
+    /// job index.
     pub fn complete(&mut self, lease_id: &str, mut result: JobResult) -> Result<usize, String> {
+        if let Some(index) = self
+            .jobs
+            .iter()
+            .position(|j| matches!(&j.state, JobState::Done(r) if r.lease_id == lease_id))
+        {
+            return Ok(index);
+        }
         let Some((index, lease)) = self.leased(lease_id) else {
             self.counters.late_results += 1;
             return Err(format!(
@@ -380,38 +597,70 @@ impl State {
             ));
         };
         result.worker = lease.worker.clone();
+        result.lease_id = lease_id.to_string();
         result.attempt = self.jobs[index].attempts;
         self.jobs[index].state = JobState::Done(result);
-        self.accepted += 1;
+        self.version += 1;
         self.check_finished();
         Ok(index)
     }
 
-    /// A failed attempt: re-queued while retryable and within the budget, else the run fails.
-    pub fn fail(&mut self, lease_id: &str, message: &str, retryable: bool) -> Result<(), String> {
+    /// An attempt that ended without a result, as its worker reported it.
+    pub fn end(&mut self, lease_id: &str, ending: Ending) -> Result<(), String> {
         let Some((index, _)) = self.leased(lease_id) else {
             self.counters.late_results += 1;
             return Err(format!("lease {lease_id} is no longer current"));
         };
-        self.end_attempt(index, message, retryable);
+        self.end_attempt(index, ending);
         Ok(())
     }
 
-    fn end_attempt(&mut self, index: usize, message: &str, retryable: bool) {
-        let max = self.settings.max_attempts;
+    fn end_attempt(&mut self, index: usize, ending: Ending) {
+        let s = &self.settings;
         let job = &mut self.jobs[index];
-        if retryable && job.attempts < max {
-            job.state = JobState::Pending;
-            self.counters.retries += 1;
-            return;
-        }
-        let why = if retryable {
-            format!(
-                "job {} failed {} times (the retry budget); last: {message}",
-                job.def.id, job.attempts
-            )
-        } else {
-            format!("job {} failed: {message}", job.def.id)
+        let worker = match &job.state {
+            JobState::Leased(l) => l.worker.clone(),
+            _ => String::new(),
+        };
+        self.version += 1;
+        let why = match ending {
+            Ending::Lost(message) => {
+                job.disruptions += 1;
+                self.counters.disruptions += 1;
+                if job.disruptions <= s.max_disruptions {
+                    job.state = JobState::Pending;
+                    self.counters.retries += 1;
+                    return;
+                }
+                format!(
+                    "job {} lost its worker {} times (the disruption budget); last: {message}",
+                    job.def.id, job.disruptions
+                )
+            }
+            Ending::Failed {
+                message,
+                retryable: true,
+            } => {
+                job.failures += 1;
+                job.failed_on.insert(worker);
+                if (job.failed_on.len() as u32) < s.max_attempts
+                    && job.failures < 2 * s.max_attempts
+                {
+                    job.state = JobState::Pending;
+                    self.counters.retries += 1;
+                    return;
+                }
+                format!(
+                    "job {} failed {} times on {} workers (the retry budget); last: {message}",
+                    job.def.id,
+                    job.failures,
+                    job.failed_on.len()
+                )
+            }
+            Ending::Failed {
+                message,
+                retryable: false,
+            } => format!("job {} failed: {message}", job.def.id),
         };
         job.state = JobState::Failed(why.clone());
         if self.run == RunState::Running {
@@ -430,10 +679,11 @@ impl State {
         }
     }
 
-    /// Applies the deadlines at `now`: expired leases and timed-out jobs end their attempt
-    /// (retryable), and the run fails when no worker has been heard from for the grace period.
+    /// Applies the deadlines at `now`: expired leases are disruptions; timed-out and stalled
+    /// attempts are retryable failures; the run fails when no worker has been heard from for
+    /// the grace period.
     pub fn tick(&mut self, now: Instant) {
-        let timeout = self.settings.job_timeout;
+        let (timeout, stall) = (self.settings.job_timeout, self.settings.stall_timeout);
         for i in 0..self.jobs.len() {
             let JobState::Leased(l) = &self.jobs[i].state else {
                 continue;
@@ -441,11 +691,18 @@ impl State {
             if now >= l.expires {
                 let msg = format!("lease of worker {} expired (no heartbeat)", l.worker);
                 self.counters.lease_expiries += 1;
-                self.end_attempt(i, &msg, true);
+                self.end_attempt(i, Ending::Lost(msg));
             } else if now.duration_since(l.started) >= timeout {
                 let msg = format!("attempt exceeded the job timeout of {timeout:?}");
                 self.counters.job_timeouts += 1;
-                self.end_attempt(i, &msg, true);
+                self.end_attempt(i, failed(msg));
+            } else if now.duration_since(l.moved) >= stall {
+                let msg = format!(
+                    "worker {} trained no batch for {stall:?} (stuck at epoch {}, batch {})",
+                    l.worker, l.position.0, l.position.1
+                );
+                self.counters.stalls += 1;
+                self.end_attempt(i, failed(msg));
             }
         }
         if self.live_workers(now) > 0 {
@@ -465,7 +722,7 @@ impl State {
         }
     }
 
-    /// Results of the finished jobs, by job id (what the journal keeps).
+    /// Results of the finished jobs, by job id.
     pub fn done(&self) -> HashMap<String, JobResult> {
         self.jobs
             .iter()
@@ -477,6 +734,14 @@ impl State {
     }
 }
 
+/// A retryable failure.
+fn failed(message: String) -> Ending {
+    Ending::Failed {
+        message,
+        retryable: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,7 +750,9 @@ mod tests {
         Settings {
             lease_ttl: Duration::from_secs(10),
             max_attempts: 2,
+            max_disruptions: 3,
             job_timeout: Duration::from_secs(100),
+            stall_timeout: Duration::from_secs(50),
             worker_grace: Duration::from_secs(30),
         }
     }
@@ -500,8 +767,18 @@ mod tests {
             .collect()
     }
 
+    fn fresh(n: usize, t0: Instant) -> State {
+        State::new(jobs(n), &BTreeMap::new(), BTreeSet::new(), settings(), t0)
+    }
+
+    /// The state a restarted coordinator builds from `s`'s journal entries.
+    fn restart(s: &State, n: usize, now: Instant) -> State {
+        State::new(jobs(n), &s.entries(), s.drained(), settings(), now)
+    }
+
     fn result() -> JobResult {
         JobResult {
+            lease_id: String::new(),
             out_url: "x".into(),
             summary_json: "{}".into(),
             attempt: 0,
@@ -516,35 +793,44 @@ mod tests {
         }
     }
 
+    fn lost(why: &str) -> Ending {
+        Ending::Lost(why.into())
+    }
+
     #[test]
     fn a_drained_worker_keeps_its_job_and_gets_no_new_one() {
         let t0 = Instant::now();
-        let mut s = State::new(jobs(3), &HashMap::new(), settings(), t0);
+        let mut s = fresh(3, t0);
         let a = s.register("a", 1, "cpu", t0);
         let b = s.register("b", 1, "cpu", t0);
-        let g = granted(s.lease(&a, t0).unwrap());
+        let g = granted(s.lease(&a, 0, t0).unwrap());
         assert_eq!(s.drain("a").unwrap(), (1, 1));
         assert_eq!(
             s.drain("nobody"),
             Err(Refusal::UnknownWorker("nobody".into()))
         );
-        assert_eq!(s.lease(&a, t0).unwrap(), LeaseOutcome::Drain);
+        assert_eq!(s.lease(&a, 1, t0).unwrap(), LeaseOutcome::Drain);
         // Its lease still renews and its result is still accepted.
-        assert!(s.heartbeat(&a, &g.lease_id, t0).is_ok());
-        granted(s.lease(&b, t0).unwrap());
+        assert!(s.heartbeat(&a, &g.lease_id, (0, 1), t0).is_ok());
+        granted(s.lease(&b, 0, t0).unwrap());
+        // The drain survives a restart and applies to a new registration of the same id.
+        let mut r = restart(&s, 3, t0);
+        let a2 = r.register("a", 1, "cpu", t0);
+        assert_eq!(r.lease(&a2, 1, t0).unwrap(), LeaseOutcome::Drain);
     }
 
     #[test]
     fn a_finished_job_shows_its_last_train_and_best_valid_kl() {
         let result = |summary: &str| JobResult {
-            out_url: "u".into(),
             summary_json: summary.into(),
-            attempt: 1,
-            worker: "w".into(),
+            ..result()
         };
-        let summary = r#"{"best_epoch": 0, "valid_kl": 0.5, "history": [
-            {"epoch": 0, "train_kl": 1.0, "valid_kl": 0.5, "seconds": 2.0},
-            {"epoch": 1, "train_kl": 0.8, "valid_kl": 0.7, "seconds": 3.0}]}"#;
+        let summary = r#"{"best_epoch": 0, "valid_kl": 0.5, "oof_kaggle_kl": 0.6,
+            "prior_kaggle_kl": 1.2, "history": [
+            {"epoch": 0, "lr": 0.001, "train_kl": 1.0, "valid_kl": 0.5, "seconds": 2.0,
+             "samples_per_second": 4.0, "best": true},
+            {"epoch": 1, "lr": 0.001, "train_kl": 0.8, "valid_kl": 0.7, "seconds": 3.0,
+             "samples_per_second": 4.0, "best": false}]}"#;
         let p = Progress::of_result(&result(summary));
         assert_eq!((p.epoch, p.epochs), (2, 2));
         assert_eq!(
@@ -560,122 +846,286 @@ mod tests {
     #[test]
     fn every_job_is_leased_once_then_workers_wait_then_stop() {
         let t0 = Instant::now();
-        let mut s = State::new(jobs(2), &HashMap::new(), settings(), t0);
-        let w = s.register("w", 1, "cpu", t0);
-        let a = granted(s.lease(&w, t0).unwrap());
-        let b = granted(s.lease(&w, t0).unwrap());
+        let mut s = fresh(2, t0);
+        let w = s.register("w", 2, "cpu", t0);
+        let a = granted(s.lease(&w, 0, t0).unwrap());
+        let b = granted(s.lease(&w, 1, t0).unwrap());
         assert_ne!(a.job, b.job);
-        assert!(matches!(s.lease(&w, t0).unwrap(), LeaseOutcome::Wait(_)));
+        assert!(matches!(s.lease(&w, 2, t0).unwrap(), LeaseOutcome::Wait(_)));
         s.complete(&a.lease_id, result()).unwrap();
-        assert_eq!(s.run, RunState::Running);
+        assert_eq!(*s.run(), RunState::Running);
         s.complete(&b.lease_id, result()).unwrap();
-        assert_eq!(s.run, RunState::Finished);
-        assert!(matches!(s.lease(&w, t0).unwrap(), LeaseOutcome::Stop(_)));
+        assert_eq!(*s.run(), RunState::Finished);
+        assert!(matches!(s.lease(&w, 0, t0).unwrap(), LeaseOutcome::Stop(_)));
     }
 
     #[test]
-    fn an_expired_lease_is_requeued_and_its_late_result_discarded() {
+    fn asking_again_for_a_slot_returns_its_lease_without_a_new_attempt() {
         let t0 = Instant::now();
-        let mut s = State::new(jobs(1), &HashMap::new(), settings(), t0);
+        let mut s = fresh(2, t0);
+        let w = s.register("w", 1, "cpu", t0);
+        let first = granted(s.lease(&w, 0, t0).unwrap());
+        let again = granted(s.lease(&w, 0, t0).unwrap());
+        assert_eq!(first, again);
+        assert_eq!(s.jobs()[first.job].attempts, 1);
+        assert_eq!(s.counters().leases, 1);
+    }
+
+    #[test]
+    fn an_expired_lease_is_requeued_as_a_disruption_and_its_late_result_discarded() {
+        let t0 = Instant::now();
+        let mut s = fresh(1, t0);
         let w1 = s.register("w1", 1, "cpu", t0);
         let w2 = s.register("w2", 1, "cpu", t0);
-        let first = granted(s.lease(&w1, t0).unwrap());
+        let first = granted(s.lease(&w1, 0, t0).unwrap());
         // w2 keeps heartbeating its session; w1's lease is never renewed.
         let t1 = t0 + Duration::from_secs(11);
         s.touch(&w2, t1).unwrap();
         s.tick(t1);
-        assert_eq!(s.counters.lease_expiries, 1);
-        assert!(s.heartbeat(&w1, &first.lease_id, t1).is_err());
-        let second = granted(s.lease(&w2, t1).unwrap());
+        assert_eq!(s.counters().lease_expiries, 1);
+        assert_eq!((s.jobs()[0].disruptions, s.jobs()[0].failures), (1, 0));
+        assert!(s.heartbeat(&w1, &first.lease_id, (0, 0), t1).is_err());
+        let second = granted(s.lease(&w2, 0, t1).unwrap());
         assert_eq!(second.attempt, 2);
         assert!(
             s.complete(&first.lease_id, result()).is_err(),
             "late result"
         );
         s.complete(&second.lease_id, result()).unwrap();
-        assert!(
-            s.complete(&second.lease_id, result()).is_err(),
-            "exactly once"
-        );
-        assert_eq!(s.counters.late_results, 2);
-        match &s.jobs[0].state {
-            JobState::Done(r) => assert_eq!((r.worker.as_str(), r.attempt), ("w2", 2)),
+        // The same lease reporting again is acknowledged again, and changes nothing.
+        let version = s.version();
+        assert_eq!(s.complete(&second.lease_id, result()), Ok(0));
+        assert_eq!(s.version(), version);
+        assert_eq!(s.counters().late_results, 1);
+        match &s.jobs()[0].state {
+            JobState::Done(r) => assert_eq!(
+                (r.worker.as_str(), r.attempt, r.lease_id.as_str()),
+                ("w2", 2, second.lease_id.as_str())
+            ),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn heartbeats_keep_a_lease_alive() {
+    fn heartbeats_with_progress_keep_a_lease_alive_and_a_stalled_trainer_is_stopped() {
         let t0 = Instant::now();
-        let mut s = State::new(jobs(1), &HashMap::new(), settings(), t0);
+        let mut s = fresh(1, t0);
         let w = s.register("w", 1, "cpu", t0);
-        let g = granted(s.lease(&w, t0).unwrap());
+        let g = granted(s.lease(&w, 0, t0).unwrap());
         for k in 1..=5 {
             let t = t0 + Duration::from_secs(8 * k);
-            s.heartbeat(&w, &g.lease_id, t).unwrap();
+            s.heartbeat(&w, &g.lease_id, (0, k as u32), t).unwrap();
             s.tick(t);
         }
-        assert!(matches!(s.jobs[0].state, JobState::Leased(_)));
+        assert!(matches!(s.jobs()[0].state, JobState::Leased(_)));
+        // Heartbeats go on, the batch does not move: stopped after the stall timeout.
+        let stuck = t0 + Duration::from_secs(40);
+        for k in 1..=7 {
+            let t = stuck + Duration::from_secs(8 * k);
+            let _ = s.heartbeat(&w, &g.lease_id, (0, 5), t);
+            s.tick(t);
+        }
+        assert_eq!(s.counters().stalls, 1);
+        assert_eq!(s.jobs()[0].state, JobState::Pending);
+        assert_eq!(s.jobs()[0].failures, 1);
+        let t = stuck + Duration::from_secs(60);
+        assert!(s.heartbeat(&w, &g.lease_id, (0, 5), t).is_err(), "cancel");
     }
 
     #[test]
-    fn retry_budget_and_non_retryable_failures_fail_the_run() {
+    fn failures_count_per_worker_and_disruptions_have_their_own_budget() {
         let t0 = Instant::now();
-        let mut s = State::new(jobs(2), &HashMap::new(), settings(), t0);
-        let w = s.register("w", 1, "cpu", t0);
-        let g = granted(s.lease(&w, t0).unwrap());
-        s.fail(&g.lease_id, "node died", true).unwrap();
-        assert_eq!(s.run, RunState::Running);
-        let g = granted(s.lease(&w, t0).unwrap());
-        assert_eq!(g.attempt, 2);
-        s.fail(&g.lease_id, "node died", true).unwrap();
-        let RunState::Failed(why) = &s.run else {
-            panic!("{:?}", s.run)
+        let retry = |m: &str| Ending::Failed {
+            message: m.into(),
+            retryable: true,
         };
-        assert!(why.contains("failed 2 times"), "{why}");
+        let mut s = fresh(2, t0);
+        let a = s.register("a", 1, "cpu", t0);
+        let b = s.register("b", 1, "cpu", t0);
+        // Lost workers do not use up the failure budget.
+        for _ in 0..3 {
+            let g = granted(s.lease(&a, 0, t0).unwrap());
+            s.end(&g.lease_id, lost("shutting down")).unwrap();
+        }
+        assert_eq!(*s.run(), RunState::Running);
+        // Two failures on the same worker: still within budget (one distinct worker).
+        for _ in 0..2 {
+            let g = granted(s.lease(&a, 0, t0).unwrap());
+            s.end(&g.lease_id, retry("CUDA error")).unwrap();
+        }
+        assert_eq!(*s.run(), RunState::Running);
+        // A failure on a second worker spends the budget of 2 distinct workers.
+        let g = granted(s.lease(&b, 0, t0).unwrap());
+        s.end(&g.lease_id, retry("CUDA error")).unwrap();
+        let RunState::Failed(why) = s.run() else {
+            panic!("{:?}", s.run())
+        };
+        assert!(why.contains("on 2 workers"), "{why}");
 
-        let mut s = State::new(jobs(2), &HashMap::new(), settings(), t0);
+        let mut s = fresh(1, t0);
+        let a = s.register("a", 1, "cpu", t0);
+        for _ in 0..4 {
+            let g = granted(s.lease(&a, 0, t0).unwrap());
+            s.end(&g.lease_id, lost("node pre-empted")).unwrap();
+        }
+        assert!(matches!(s.run(), RunState::Failed(e) if e.contains("disruption budget")));
+
+        let mut s = fresh(2, t0);
         let w = s.register("w", 1, "cpu", t0);
-        let g = granted(s.lease(&w, t0).unwrap());
-        s.fail(&g.lease_id, "corrupt file x.parquet", false)
-            .unwrap();
+        let g = granted(s.lease(&w, 0, t0).unwrap());
+        let corrupt = Ending::Failed {
+            message: "corrupt file x.parquet".into(),
+            retryable: false,
+        };
+        s.end(&g.lease_id, corrupt).unwrap();
         assert_eq!(
-            s.run,
+            *s.run(),
             RunState::Failed("job a-fold0 failed: corrupt file x.parquet".into())
         );
+        // A run that failed for good stays failed after a restart.
+        assert!(matches!(restart(&s, 2, t0).run(), RunState::Failed(_)));
     }
 
     #[test]
     fn no_worker_within_the_grace_period_fails_the_run() {
         let t0 = Instant::now();
-        let mut s = State::new(jobs(1), &HashMap::new(), settings(), t0);
+        let mut s = fresh(1, t0);
         s.tick(t0 + Duration::from_secs(29));
-        assert_eq!(s.run, RunState::Running);
+        assert_eq!(*s.run(), RunState::Running);
         s.tick(t0 + Duration::from_secs(31));
-        assert!(matches!(&s.run, RunState::Failed(e) if e.contains("no worker")));
+        assert!(matches!(s.run(), RunState::Failed(e) if e.contains("no worker")));
     }
 
     #[test]
     fn a_job_over_its_timeout_is_retried() {
         let t0 = Instant::now();
-        let mut s = State::new(jobs(1), &HashMap::new(), settings(), t0);
+        let mut s = fresh(1, t0);
         let w = s.register("w", 1, "cpu", t0);
-        let g = granted(s.lease(&w, t0).unwrap());
+        let g = granted(s.lease(&w, 0, t0).unwrap());
         let t = t0 + Duration::from_secs(101);
-        s.heartbeat(&w, &g.lease_id, t).unwrap();
+        s.heartbeat(&w, &g.lease_id, (3, 1), t).unwrap();
         s.tick(t);
-        assert_eq!(s.counters.job_timeouts, 1);
-        assert_eq!(s.jobs[0].state, JobState::Pending);
+        assert_eq!(s.counters().job_timeouts, 1);
+        assert_eq!(s.jobs()[0].state, JobState::Pending);
     }
 
     #[test]
-    fn journaled_jobs_are_not_run_again() {
+    fn a_restarted_coordinator_adopts_leases_keeps_counts_and_resumes_from_saved_states() {
         let t0 = Instant::now();
-        let done: HashMap<_, _> = [("a-fold0".to_string(), result())].into();
-        let mut s = State::new(jobs(2), &done, settings(), t0);
-        let w = s.register("w", 1, "cpu", t0);
-        let g = granted(s.lease(&w, t0).unwrap());
-        assert_eq!(s.jobs[g.job].def.id, "a-fold1");
-        assert!(matches!(s.lease(&w, t0).unwrap(), LeaseOutcome::Wait(_)));
+        let mut s = fresh(3, t0);
+        let w = s.register("w", 2, "cpu", t0);
+        let done = granted(s.lease(&w, 0, t0).unwrap());
+        s.complete(&done.lease_id, result()).unwrap();
+        let running = granted(s.lease(&w, 0, t0).unwrap());
+        let epoch = |e| Progress {
+            epoch: e,
+            epochs: 5,
+            ..Progress::default()
+        };
+        assert!(s.epoch(&running.lease_id, epoch(2), true));
+        let t1 = t0 + Duration::from_secs(60);
+        let mut r = restart(&s, 3, t1);
+        assert_eq!(r.counters().adopted, 1);
+        assert!(matches!(r.jobs()[0].state, JobState::Done(_)), "kept");
+        // The worker's old session is unknown here; its heartbeat is accepted all the same.
+        r.heartbeat(&w, &running.lease_id, (2, 1), t1).unwrap();
+        assert_eq!(r.live_workers(t1), 1);
+        // Its epochs and its result are accepted from the adopted lease.
+        assert!(r.epoch(&running.lease_id, epoch(3), true));
+        r.complete(&running.lease_id, result()).unwrap();
+        assert!(matches!(&r.jobs()[1].state, JobState::Done(d) if d.attempt == 1));
+        // The third job was never leased: attempt 1 here, not attempt 0 or 2.
+        let next = granted(r.lease(&w, 1, t1).unwrap());
+        assert_eq!((next.job, next.attempt), (2, 1));
+        // A job whose worker died after saving state resumes from it on its next attempt.
+        r.epoch(&next.lease_id, epoch(4), true);
+        let t2 = t1 + Duration::from_secs(11);
+        r.tick(t2);
+        let w2 = r.register("w2", 1, "cpu", t2);
+        let again = granted(r.lease(&w2, 0, t2).unwrap());
+        assert_eq!(again.attempt, 2);
+        assert_eq!(
+            again.resume,
+            Some(Saved {
+                lease_id: next.lease_id.clone(),
+                epochs: 4
+            })
+        );
+    }
+
+    /// A seeded random walk over the lease state machine with coordinator restarts: whatever
+    /// happens, an accepted result never changes or disappears, each job is accepted from one
+    /// lease, attempts never go down, and a job is never leased to two slots at once.
+    #[test]
+    fn model_check_of_leases_results_and_restarts() {
+        use rand::SeedableRng;
+        const N: usize = 4;
+        for seed in 0..300u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut now = Instant::now();
+            let mut s = fresh(N, now);
+            let mut sessions: Vec<String> = Vec::new();
+            // Leases with the session that got them (only that worker knows the id).
+            let mut held: Vec<(String, String)> = Vec::new();
+            let mut accepted: HashMap<String, JobResult> = HashMap::new();
+            let mut attempts = [0u32; N];
+            for step in 0..120 {
+                now += Duration::from_millis(rng.random_range(0..4000));
+                match rng.random_range(0..100) {
+                    0..10 => sessions.push(s.register(&format!("w{step}"), 2, "cpu", now)),
+                    10..35 if !sessions.is_empty() => {
+                        let w = &sessions[rng.random_range(0..sessions.len())];
+                        if let Ok(LeaseOutcome::Job(g)) = s.lease(w, rng.random_range(0..2), now) {
+                            held.push((g.lease_id, w.clone()));
+                        }
+                    }
+                    35..55 if !held.is_empty() => {
+                        let (l, w) = &held[rng.random_range(0..held.len())];
+                        let _ = s.heartbeat(w, l, (0, step), now);
+                    }
+                    55..70 if !held.is_empty() => {
+                        let l = held[rng.random_range(0..held.len())].0.clone();
+                        if let Ok(i) = s.complete(&l, result()) {
+                            let JobState::Done(r) = &s.jobs()[i].state else {
+                                panic!("seed {seed}: accepted but not done")
+                            };
+                            let id = s.jobs()[i].def.id.clone();
+                            let first = accepted.entry(id).or_insert_with(|| r.clone());
+                            assert_eq!(first, r, "seed {seed}: a result changed");
+                        }
+                    }
+                    70..80 if !held.is_empty() => {
+                        let l = held[rng.random_range(0..held.len())].0.clone();
+                        let _ = s.end(&l, lost("bye"));
+                    }
+                    80..90 => s.tick(now),
+                    90..96 => s = restart(&s, N, now),
+                    _ => {}
+                }
+                for (i, j) in s.jobs().iter().enumerate() {
+                    assert!(j.attempts >= attempts[i], "seed {seed}: attempts went down");
+                    attempts[i] = j.attempts;
+                    if let Some(r) = accepted.get(&j.def.id) {
+                        assert_eq!(
+                            j.state,
+                            JobState::Done(r.clone()),
+                            "seed {seed}: an accepted result was lost"
+                        );
+                    }
+                }
+                let mut slots: Vec<(String, u32)> = s
+                    .jobs()
+                    .iter()
+                    .filter_map(|j| match &j.state {
+                        JobState::Leased(l) => Some((l.session.clone()?, l.slot)),
+                        _ => None,
+                    })
+                    .collect();
+                let before = slots.len();
+                slots.sort();
+                slots.dedup();
+                assert_eq!(slots.len(), before, "seed {seed}: two jobs on one slot");
+            }
+        }
     }
 }

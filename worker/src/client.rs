@@ -1,20 +1,23 @@
 //! The worker service loop: register with the coordinator, then on every slot (one per GPU)
-//! lease a job, run it with an [`Executor`] while heartbeating the lease and streaming each
-//! epoch's metrics, and report the outcome. A cancel order from a heartbeat, or shutdown
-//! (SIGTERM / Ctrl-C), stops the job at the next batch and hands the lease back as a
-//! retryable failure. An unreachable coordinator is retried for a while, then reported.
+//! lease a job, run it with an [`Executor`] while heartbeating the lease (with the job's epoch
+//! and batch, so a hung trainer is noticed) and sending each epoch's metrics, and report the
+//! outcome. A cancel order from a heartbeat, or shutdown (SIGTERM / Ctrl-C), stops the job at
+//! the next batch and hands the lease back (a disruption, not a failure). Every call has a
+//! deadline and the connection HTTP/2 keep-alives; calls that fail in transit are retried, so
+//! a coordinator that restarts (or is replaced) mid-job costs nothing: the new one adopts the
+//! lease, and the epoch metrics and the report reach it. An unreachable coordinator is retried
+//! for `patience`, then reported.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use hbac_common::proto::wire::coordinator_client::CoordinatorClient;
 use hbac_common::proto::wire::{self, lease_response, report_request};
 use hbac_common::proto::{AUTH_HEADER, Backend, JobOrder, Registration};
 use tokio::sync::{RwLock, mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
@@ -35,6 +38,27 @@ pub struct Failure {
 pub struct Events {
     pub epochs: mpsc::UnboundedSender<EpochReport>,
     pub cancel: Arc<AtomicBool>,
+    /// Where the job is: `(epoch + 1) << 32 | batches done`, sent with every heartbeat.
+    pub position: Arc<AtomicU64>,
+}
+
+impl Events {
+    /// Records that `done` batches of `epoch` (0-based) have been trained.
+    pub fn at(&self, epoch: usize, done: usize) {
+        let p = ((epoch as u64 + 1) << 32) | (done as u64 & 0xffff_ffff);
+        self.position.store(p, Ordering::Relaxed);
+    }
+}
+
+/// Deadline of every unary call: a coordinator that accepts the connection but never answers
+/// fails the call instead of hanging it.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `req` with the call deadline.
+fn timed<T>(req: T) -> Request<T> {
+    let mut r = Request::new(req);
+    r.set_timeout(CALL_TIMEOUT);
+    r
 }
 
 /// Result of one job: its `summary.json`, or why it failed.
@@ -51,8 +75,8 @@ pub trait Executor: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
 }
 
-/// Worker settings.
-#[derive(Debug, Clone)]
+/// Worker settings (`Debug` shows no token).
+#[derive(Clone)]
 pub struct WorkerOptions {
     /// `http://host:port` (or `https://` with TLS).
     pub coordinator: String,
@@ -64,6 +88,46 @@ pub struct WorkerOptions {
     pub tls: Option<ClientTlsConfig>,
     /// Give up when the coordinator has been unreachable this long.
     pub patience: Duration,
+    /// The only storage roots a job order may name (data, cache, output, resume folder);
+    /// empty: any. Orders come over the wire: this keeps a coordinator (or whoever holds the
+    /// token) from pointing the worker at other buckets.
+    pub storage_roots: Vec<String>,
+}
+
+/// Whether `url` lies below one of `roots` (on a path boundary); any URL when `roots` is empty.
+pub fn under_roots(url: &str, roots: &[String]) -> bool {
+    roots.is_empty()
+        || roots.iter().any(|r| {
+            let r = r.trim_end_matches('/');
+            url == r
+                || url
+                    .strip_prefix(r)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+}
+
+/// The first URL of `order` outside `roots`, if any.
+fn outside_roots<'a>(order: &'a JobOrder, roots: &[String]) -> Option<&'a str> {
+    [&order.data, &order.cache, &order.out]
+        .into_iter()
+        .chain(order.resume.as_ref())
+        .map(String::as_str)
+        .find(|u| !under_roots(u, roots))
+}
+
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions")
+            .field("coordinator", &self.coordinator)
+            .field("token", &"<redacted>")
+            .field("worker_id", &self.worker_id)
+            .field("slots", &self.slots)
+            .field("backend", &self.backend)
+            .field("tls", &self.tls.is_some())
+            .field("patience", &self.patience)
+            .field("storage_roots", &self.storage_roots)
+            .finish()
+    }
 }
 
 /// Why a worker stopped with an error.
@@ -108,7 +172,10 @@ pub fn connect(
     };
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
     if let Some(tls) = tls {
         endpoint = endpoint
             .tls_config(tls)
@@ -206,7 +273,7 @@ impl Ctx {
         let resp = self
             .retry(|mut c| {
                 let req = wire::RegisterRequest::from(&reg);
-                async move { c.register(req).await }
+                async move { c.register(timed(req)).await }
             })
             .await?
             .into_inner();
@@ -303,7 +370,7 @@ async fn slot_loop(ctx: Arc<Ctx>, slot: usize) -> Result<Ended, WorkerError> {
                     slot: slot as u32,
                 };
                 async move {
-                    match c.lease(req).await {
+                    match c.lease(timed(req)).await {
                         Err(s) if s.code() == Code::NotFound => Ok(None),
                         other => other.map(|r| Some(r.into_inner())),
                     }
@@ -351,20 +418,33 @@ async fn run_lease(
     );
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
+    let position = Arc::new(AtomicU64::new(0));
     let (tx, mut rx) = mpsc::unbounded_channel::<EpochReport>();
-    let (wire_tx, wire_rx) = mpsc::unbounded_channel::<wire::EpochMetrics>();
 
     let order = serde_json::from_str::<JobOrder>(&lease.order_json);
-    let out_url = order.as_ref().map(|o| o.out.clone()).unwrap_or_default();
+    let outside = order
+        .as_ref()
+        .ok()
+        .and_then(|o| outside_roots(o, &ctx.opts.storage_roots));
     let outcome = match order {
         Err(e) => Err(Failure {
             message: format!("unreadable job order: {e}"),
             retryable: false,
         }),
+        // Another worker may be allowed there: retryable, on the failure budget.
+        Ok(_) if outside.is_some() => Err(Failure {
+            message: format!(
+                "worker {}: the order names {} outside its storage roots (--storage-root)",
+                ctx.opts.worker_id,
+                outside.unwrap_or_default()
+            ),
+            retryable: true,
+        }),
         Ok(order) => {
             let epochs = order.train["epochs"].as_u64().unwrap_or(0) as u32;
-            // Metrics: EpochReports → wire messages → one client stream per lease.
-            let (s, id) = (session.to_string(), lease.lease_id.clone());
+            // Metrics: one short call per epoch, retried through coordinator restarts. The
+            // job saves its training state before it reports an epoch.
+            let (c, s, id) = (ctx.clone(), session.to_string(), lease.lease_id.clone());
             let mut forward = AbortOnDrop(tokio::spawn(async move {
                 while let Some(r) = rx.recv().await {
                     let m = wire::EpochMetrics {
@@ -378,23 +458,28 @@ async fn run_lease(
                         seconds: r.seconds,
                         samples_per_second: r.samples_per_second,
                         best: r.best,
+                        saved: true,
                     };
-                    if wire_tx.send(m).is_err() {
-                        break;
+                    let sent = c
+                        .retry(|mut client| {
+                            let m = m.clone();
+                            async move {
+                                let stream = tokio_stream::once(m);
+                                client.stream_metrics(timed(stream)).await
+                            }
+                        })
+                        .await;
+                    if let Err(e) = sent {
+                        warn!(error = %e, "epoch metrics not delivered");
                     }
                 }
-            }));
-            let mut client = ctx.client.clone();
-            let mut stream = AbortOnDrop(tokio::spawn(async move {
-                client
-                    .stream_metrics(UnboundedReceiverStream::new(wire_rx))
-                    .await
             }));
             let beat = AbortOnDrop(tokio::spawn(heartbeat(
                 ctx.clone(),
                 session.to_string(),
                 lease.lease_id.clone(),
                 cancel.clone(),
+                position.clone(),
             )));
             let outcome = ctx
                 .executor
@@ -404,21 +489,21 @@ async fn run_lease(
                     Events {
                         epochs: tx,
                         cancel: cancel.clone(),
+                        position,
                     },
                 )
                 .await;
             drop(beat);
             let _ = (&mut forward.0).await;
-            if let Ok(Err(e)) = (&mut stream.0).await {
-                warn!(error = %e, "metrics stream ended with an error");
-            }
             outcome
         }
     };
     let stopping = *ctx.shutdown.borrow();
+    let cancelled = cancel.load(Ordering::SeqCst);
     let result = match outcome {
+        // Where the files are is the coordinator's to know; nothing is sent but the summary.
         Ok(summary_json) => report_request::Result::Success(wire::Success {
-            out_url,
+            out_url: String::new(),
             summary_json,
         }),
         Err(f) => {
@@ -428,6 +513,8 @@ async fn run_lease(
                 error = f.message,
                 "job failed"
             );
+            // Handed back, not failed: this worker is leaving or was told to stop.
+            let lost = stopping || (cancelled && f.retryable);
             report_request::Result::Failure(wire::Failure {
                 message: if stopping {
                     format!("worker {} is shutting down", ctx.opts.worker_id)
@@ -435,6 +522,7 @@ async fn run_lease(
                     f.message
                 },
                 retryable: f.retryable || stopping,
+                lost,
             })
         }
     };
@@ -443,10 +531,11 @@ async fn run_lease(
         lease_id: lease.lease_id.clone(),
         result: Some(result),
     };
+    // Acknowledged only once the coordinator's journal holds it: UNAVAILABLE is retried.
     let resp = ctx
         .retry(|mut c| {
             let req = req.clone();
-            async move { c.report(req).await }
+            async move { c.report(timed(req)).await }
         })
         .await;
     match resp {
@@ -458,7 +547,6 @@ async fn run_lease(
             )
         }
         Ok(_) => info!(job = lease.job_id, "reported"),
-        // A restarted coordinator forgot the session: the lease is gone anyway.
         Err(WorkerError::Refused { message, .. }) => {
             warn!(lease = lease.lease_id, message, "report refused")
         }
@@ -467,8 +555,15 @@ async fn run_lease(
     Ok(())
 }
 
-/// Renews the lease until aborted; a cancel order or shutdown sets `cancel`.
-async fn heartbeat(ctx: Arc<Ctx>, session: String, lease_id: String, cancel: Arc<AtomicBool>) {
+/// Renews the lease with the job's position until aborted; a cancel order or shutdown sets
+/// `cancel`. Transport errors are only logged: a restarting coordinator adopts the lease.
+async fn heartbeat(
+    ctx: Arc<Ctx>,
+    session: String,
+    lease_id: String,
+    cancel: Arc<AtomicBool>,
+    position: Arc<AtomicU64>,
+) {
     let mut shutdown = ctx.shutdown.clone();
     let period = *ctx.heartbeat.lock().unwrap_or_else(|p| p.into_inner());
     let mut next = tokio::time::Instant::now();
@@ -477,11 +572,14 @@ async fn heartbeat(ctx: Arc<Ctx>, session: String, lease_id: String, cancel: Arc
             cancel.store(true, Ordering::SeqCst);
         }
         if tokio::time::Instant::now() >= next {
+            let p = position.load(Ordering::Relaxed);
             let req = wire::HeartbeatRequest {
                 session: session.clone(),
                 lease_id: lease_id.clone(),
+                epoch: (p >> 32) as u32,
+                batch: p as u32,
             };
-            match ctx.client.clone().heartbeat(req).await {
+            match ctx.client.clone().heartbeat(timed(req)).await {
                 Ok(r) if r.get_ref().cancel => {
                     warn!(
                         lease = lease_id,
@@ -492,13 +590,36 @@ async fn heartbeat(ctx: Arc<Ctx>, session: String, lease_id: String, cancel: Arc
                     return;
                 }
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, "heartbeat failed"),
+                Err(e) => warn!(error = %describe(&e), "heartbeat failed"),
             }
             next = tokio::time::Instant::now() + period;
         }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = shutdown.changed() => {}
+            // A closed channel (its sender gone) is no news: wait out the period instead of
+            // spinning on it.
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(period).await;
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_roots_are_matched_on_path_boundaries() {
+        let roots = vec!["s3://b/data/".to_string(), "/runs/r1".to_string()];
+        assert!(under_roots("s3://b/data/train.csv", &roots));
+        assert!(under_roots("s3://b/data", &roots));
+        assert!(under_roots("/runs/r1/jobs/x", &roots));
+        assert!(!under_roots("s3://b/data-other/x", &roots));
+        assert!(!under_roots("/runs/r10", &roots));
+        assert!(!under_roots("s3://evil/data", &roots));
+        assert!(under_roots("anything", &[]));
     }
 }

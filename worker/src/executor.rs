@@ -26,6 +26,9 @@ pub struct TrainExecutor<B: TrainBackend> {
 struct Forward(Events);
 
 impl TrainHooks for Forward {
+    fn batch(&mut self, epoch: usize, done: usize, _total: usize) {
+        self.0.at(epoch, done);
+    }
     fn epoch(&mut self, r: &EpochReport) {
         let _ = self.0.epochs.send(r.clone());
     }
@@ -41,6 +44,7 @@ pub fn retryable(e: &TrainError) -> bool {
         TrainError::Data(Error::Storage { .. } | Error::Io { .. })
             | TrainError::Cancelled
             | TrainError::LoaderStopped
+            | TrainError::Panicked(_)
     )
 }
 
@@ -57,6 +61,14 @@ async fn spec(order: JobOrder) -> Result<JobSpec, TrainError> {
         labels: order.labels,
         train,
         io_concurrency: order.io_concurrency,
+        // A folder that cannot be opened holds no state to resume from: start over.
+        resume: order.resume.as_deref().and_then(|url| {
+            Store::open(url)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "cannot resume; training from the start"),
+                )
+                .ok()
+        }),
     })
 }
 

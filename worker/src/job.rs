@@ -1,23 +1,14 @@
-//! One training job end to end, as `hbac train` runs it and as a worker will run a leased job:
+//! One training job end to end, as `hbac train` runs it and as a worker runs a leased job:
 //! make sure the `.npy` cache is complete, split with the sklearn-exact folds, load the fold's
-//! windows, train on its own thread, then publish everything under the output URL:
-//!
-//! ```text
-//! config.json     the job: data URL, fold, split, sample selection, labels, training config
-//! metrics.jsonl   one JSON line per epoch (rewritten atomically after each epoch)
-//! checkpoint.mpk  weights of the best epoch (burn named MessagePack, full precision)
-//! oof.csv         out-of-fold predictions: eeg_id, the six *_vote columns, fold, label_id
-//! test.csv        test-set predictions in the Kaggle submission format (if test.csv exists)
-//! loss.svg        train/valid KL per epoch
-//! summary.json    best epoch, validation KL, OOF Kaggle KL and the prior-only baseline
-//! ```
+//! windows, train on its own thread (saving the full training state after every epoch, and
+//! resuming from an earlier attempt's latest state when told to), then publish everything under
+//! the output URL. The files and their formats are [`hbac_common::records`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::ops::{FusedOps, TrainBackend};
 use burn::module::Module;
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::Backend;
 use futures::{StreamExt, TryStreamExt};
 use hbac_common::folds::{KFold, hms_folds};
@@ -28,14 +19,18 @@ use hbac_common::metric;
 use hbac_common::plot::{Series, loss_svg};
 use hbac_common::prepare::{self, Cache, Split};
 use hbac_common::preprocess::{self, LabelMode, Sample, SampleSelection};
+use hbac_common::records;
 use hbac_common::storage::Store;
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use crate::TrainError;
 use crate::model::Model;
 use crate::model::pretrained::Pretrained;
 use crate::train::data::WindowSet;
-use crate::train::trainer::{EpochReport, TrainConfig, TrainHooks, evaluate, train};
+use crate::train::trainer::{
+    EpochReport, Snapshot, TrainConfig, TrainHooks, TrainState, decode, encode, evaluate, train,
+};
 
 /// What to train and where everything lives.
 #[derive(Debug, Clone)]
@@ -50,6 +45,9 @@ pub struct JobSpec {
     pub train: TrainConfig,
     /// Files read or converted at once.
     pub io_concurrency: usize,
+    /// An earlier attempt's folder: training resumes from its latest complete saved state
+    /// (from scratch when it holds none).
+    pub resume: Option<Store>,
 }
 
 /// `config.json`.
@@ -65,18 +63,7 @@ pub struct JobRecord {
     pub train: serde_json::Value,
 }
 
-/// `summary.json`: the job's result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobSummary {
-    pub best_epoch: usize,
-    /// Keras KL of the best epoch on the validation fold.
-    pub valid_kl: f64,
-    /// Kaggle KL of the out-of-fold predictions (rows keyed by label_id).
-    pub oof_kaggle_kl: f64,
-    /// Kaggle KL of predicting the training folds' mean target everywhere.
-    pub prior_kaggle_kl: f64,
-    pub history: Vec<EpochReport>,
-}
+pub use hbac_common::records::JobSummary;
 
 async fn load_set(
     cache: &Cache,
@@ -121,14 +108,6 @@ async fn load_set(
             .map(|(id, (_, spec))| (id, spec))
             .collect(),
     })
-}
-
-fn metrics_jsonl(history: &[EpochReport]) -> Vec<u8> {
-    history
-        .iter()
-        .map(|r| serde_json::to_string(r).expect("serialisable") + "\n")
-        .collect::<String>()
-        .into_bytes()
 }
 
 /// The job's loss figure.
@@ -214,12 +193,21 @@ pub async fn run<B: TrainBackend>(
     };
     spec.out
         .put(
-            "config.json",
+            records::CONFIG,
             serde_json::to_vec_pretty(&record).expect("serialisable"),
         )
         .await?;
 
-    // Train on a blocking thread; publish metrics.jsonl after every epoch from there.
+    let resume = match &spec.resume {
+        Some(dir) => latest_state(dir).await?,
+        None => None,
+    };
+    if let Some(s) = &resume {
+        info!(epochs = s.state.epochs, from = %spec.resume.as_ref().map(|d| d.root()).unwrap_or_default(), "resuming from a saved training state");
+    }
+
+    // Train on a blocking thread; after every epoch, save its state and publish metrics.jsonl
+    // from there, before the epoch is reported.
     let (cfg, out, handle) = (
         spec.train.clone(),
         spec.out.clone(),
@@ -238,12 +226,19 @@ pub async fn run<B: TrainBackend>(
             fn batch(&mut self, e: usize, d: usize, t: usize) {
                 self.inner.batch(e, d, t)
             }
+            fn wants_checkpoints(&self) -> bool {
+                true
+            }
+            fn checkpoint(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+                self.handle.block_on(save_state(&self.out, s))?;
+                Ok(())
+            }
             fn epoch(&mut self, r: &EpochReport) {
                 self.history.push(r.clone());
-                if let Err(e) = self
-                    .handle
-                    .block_on(self.out.put("metrics.jsonl", metrics_jsonl(&self.history)))
-                {
+                if let Err(e) = self.handle.block_on(
+                    self.out
+                        .put(records::METRICS, records::metrics_jsonl(&self.history)),
+                ) {
                     self.error.get_or_insert(e);
                 }
                 self.inner.epoch(r)
@@ -258,6 +253,12 @@ pub async fn run<B: TrainBackend>(
             fn batch(&mut self, e: usize, d: usize, t: usize) {
                 self.0.batch(e, d, t)
             }
+            fn wants_checkpoints(&self) -> bool {
+                self.0.wants_checkpoints()
+            }
+            fn checkpoint(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+                self.0.checkpoint(s)
+            }
             fn epoch(&mut self, r: &EpochReport) {
                 self.0.epoch(r)
             }
@@ -269,7 +270,10 @@ pub async fn run<B: TrainBackend>(
             inner: hooks,
             out,
             handle,
-            history: vec![],
+            history: resume
+                .as_ref()
+                .map(|s| s.state.history.clone())
+                .unwrap_or_default(),
             error: None,
         };
         let vset = (!vset.is_empty()).then_some(vset);
@@ -278,6 +282,7 @@ pub async fn run<B: TrainBackend>(
             tset,
             vset,
             init.as_ref(),
+            resume,
             &device,
             Forward(&mut publish),
         )?;
@@ -298,15 +303,13 @@ pub async fn run<B: TrainBackend>(
             ),
             None => (f64::NAN, vec![]),
         };
-        let bytes = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
-            .record(trained.model.clone().into_record(), ())
-            .map_err(|e| TrainError::Config(format!("cannot encode checkpoint: {e}")))?;
+        let bytes = encode::<B::InnerBackend, _>(trained.model.clone().into_record())?;
         Ok::<_, TrainError>((trained, valid_kl, oof, bytes, device))
     })
     .await
-    .map_err(|e| TrainError::Config(format!("training thread failed: {e}")))??;
+    .map_err(|e| TrainError::Panicked(panic_message(e)))??;
     let (trained, valid_kl, oof, checkpoint, device) = trained;
-    spec.out.put("checkpoint.mpk", checkpoint).await?;
+    spec.out.put(records::CHECKPOINT, checkpoint).await?;
 
     // Out-of-fold predictions and their score against the prior-only baseline.
     let targets: Vec<[f32; N_CLASSES]> = train_set.samples.iter().map(|s| s.target).collect();
@@ -337,7 +340,7 @@ pub async fn run<B: TrainBackend>(
     );
     csv = tables::append_column(
         &csv,
-        "oof.csv",
+        records::OOF,
         "label_id",
         &valid_set
             .samples
@@ -345,7 +348,7 @@ pub async fn run<B: TrainBackend>(
             .map(|s| s.label_id.to_string())
             .collect::<Vec<_>>(),
     )?;
-    spec.out.put("oof.csv", csv).await?;
+    spec.out.put(records::OOF, csv).await?;
 
     // Test predictions, if the data set has a test split.
     if spec.data.exists("test.csv").await? {
@@ -360,13 +363,13 @@ pub async fn run<B: TrainBackend>(
         )
         .await?;
         spec.out
-            .put("test.csv", tables::write_prob_csv(&rows, None))
+            .put(records::TEST, tables::write_prob_csv(&rows, None))
             .await?;
     }
 
     let title = format!("{} fold {}", spec.train.model.arch, spec.fold);
     spec.out
-        .put("loss.svg", loss_figure(&title, &trained.history))
+        .put(records::LOSS, loss_figure(&title, &trained.history))
         .await?;
     let summary = JobSummary {
         best_epoch: trained.best_epoch,
@@ -375,13 +378,80 @@ pub async fn run<B: TrainBackend>(
         prior_kaggle_kl,
         history: trained.history,
     };
-    spec.out
-        .put(
-            "summary.json",
-            serde_json::to_vec_pretty(&summary).expect("serialisable"),
-        )
-        .await?;
+    spec.out.put(records::SUMMARY, summary.to_json()).await?;
     Ok(summary)
+}
+
+/// What a training thread that panicked said (a CUDA error surfaces this way).
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Saves `s` under `out/state/epoch-NNNN/`, `state.json` last (a folder without it is never
+/// resumed from), then drops the state two epochs older (the previous one stays until this
+/// one's epoch has surely been reported).
+async fn save_state(out: &Store, s: &Snapshot) -> hbac_common::Result<()> {
+    let dir = out.sub(&records::state_dir(s.state.epochs));
+    dir.put(TrainState::MODEL, s.model.clone()).await?;
+    dir.put(TrainState::OPTIMIZER, s.optimizer.clone()).await?;
+    dir.put(TrainState::BEST, s.best.clone()).await?;
+    dir.put(TrainState::FILE, s.state.to_json()).await?;
+    if let Some(old) = s.state.epochs.checked_sub(2).filter(|e| *e > 0) {
+        let old = out.sub(&records::state_dir(old));
+        for name in [
+            TrainState::FILE,
+            TrainState::MODEL,
+            TrainState::OPTIMIZER,
+            TrainState::BEST,
+        ] {
+            old.delete(name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The latest complete training state saved in an attempt's folder `dir`, if any.
+pub async fn latest_state(dir: &Store) -> Result<Option<Snapshot>, TrainError> {
+    let mut epochs: Vec<usize> = dir
+        .list("state")
+        .await?
+        .into_iter()
+        .filter_map(|(key, _)| {
+            let (folder, file) = key.split_once('/')?;
+            (file == TrainState::FILE).then_some(())?;
+            folder.strip_prefix("epoch-")?.parse().ok()
+        })
+        .collect();
+    epochs.sort_unstable();
+    let Some(&latest) = epochs.last() else {
+        warn!(
+            dir = dir.root(),
+            "no saved training state; training from the start"
+        );
+        return Ok(None);
+    };
+    let d = dir.sub(&records::state_dir(latest));
+    let state = TrainState::parse(&d.get(TrainState::FILE).await?, &d.url(TrainState::FILE))?;
+    if state.epochs != latest {
+        return Err(TrainError::Config(format!(
+            "{}: says {} epochs but lies in the folder of {latest}",
+            d.url(TrainState::FILE),
+            state.epochs
+        )));
+    }
+    Ok(Some(Snapshot {
+        state,
+        model: d.get(TrainState::MODEL).await?.to_vec(),
+        optimizer: d.get(TrainState::OPTIMIZER).await?.to_vec(),
+        best: d.get(TrainState::BEST).await?.to_vec(),
+    }))
 }
 
 /// Predicts every row of the data set's `test.csv` (whole 10-minute windows, offset 0):
@@ -418,7 +488,7 @@ pub async fn predict_test<B: FusedOps>(
             evaluate(&model, &set, batch_size, threads, &device).map(|r| r.1)
         })
         .await
-        .map_err(|e| TrainError::Config(format!("prediction thread failed: {e}")))??
+        .map_err(|e| TrainError::Panicked(panic_message(e)))??
     };
     Ok(prob_rows(&set.samples, &preds, |s| s.eeg_id))
 }
@@ -429,19 +499,15 @@ pub async fn load_checkpoint<B: Backend>(
     dir: &Store,
     device: &B::Device,
 ) -> Result<Model<B>, TrainError> {
-    let record: JobRecord = serde_json::from_slice(&dir.get("config.json").await?)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", dir.url("config.json"))))?;
+    let record: JobRecord = serde_json::from_slice(&dir.get(records::CONFIG).await?)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", dir.url(records::CONFIG))))?;
     let train: TrainConfig = serde_json::from_value(record.train).map_err(|e| {
-        TrainError::Config(format!("{}: training config: {e}", dir.url("config.json")))
+        TrainError::Config(format!(
+            "{}: training config: {e}",
+            dir.url(records::CONFIG)
+        ))
     })?;
-    let bytes = dir.get("checkpoint.mpk").await?;
-    let weights = NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
-        .load(bytes.to_vec(), device)
-        .map_err(|e| {
-            TrainError::Config(format!(
-                "{}: not a checkpoint of this model: {e}",
-                dir.url("checkpoint.mpk")
-            ))
-        })?;
+    let bytes = dir.get(records::CHECKPOINT).await?;
+    let weights = decode::<B, _>(bytes.to_vec(), &dir.url(records::CHECKPOINT), device)?;
     Ok(train.model.init::<B>(device).load_record(weights))
 }

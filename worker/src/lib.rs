@@ -33,6 +33,10 @@ pub enum TrainError {
     Config(String),
     #[error("cancelled")]
     Cancelled,
+    /// The training or prediction thread panicked (a backend error such as a CUDA failure
+    /// surfaces this way): worth another attempt, maybe on another machine.
+    #[error("the training thread panicked: {0}")]
+    Panicked(String),
     #[error(transparent)]
     Weights(#[from] crate::model::pretrained::ImportError),
 }

@@ -7,6 +7,7 @@
 //! [`summary`]. `width < 1` gives reduced models for fast tests.
 
 pub mod efficientnetv2;
+pub mod init;
 pub mod layers;
 pub mod mobilenetv3;
 pub mod pretrained;
@@ -157,7 +158,14 @@ pub struct Model<B: Backend> {
 }
 
 impl ModelConfig {
-    /// Builds the model with fresh weights on `device`.
+    /// Builds the model with weights drawn from `seed` alone ([`init::seeded`]): the same on
+    /// every backend, whatever else the process draws.
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Model<B> {
+        init::seeded(self.init(device), seed)
+    }
+
+    /// Builds the model with fresh weights from the backend's own generator on `device` (for
+    /// models whose weights are loaded next; training starts from [`ModelConfig::init_seeded`]).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Model<B> {
         let keras_momentum = self.bn_momentum.unwrap_or(self.arch.keras_bn_momentum());
         let bn = BnSpec {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::config::Config;
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Record, Recorder};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
@@ -72,20 +73,7 @@ impl TrainConfig {
     }
 }
 
-/// What one epoch did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochReport {
-    pub epoch: usize,
-    pub lr: f64,
-    /// Mean Keras KL over the epoch's training batches (augmented).
-    pub train_kl: f64,
-    /// Keras KL on the validation fold (`None` without one).
-    pub valid_kl: Option<f64>,
-    pub seconds: f64,
-    pub samples_per_second: f64,
-    /// Whether this epoch is the best so far (lowest validation KL, or the last without one).
-    pub best: bool,
-}
+pub use hbac_common::records::{EpochReport, TrainState};
 
 /// Observers of a training run: per-batch progress and per-epoch reports.
 pub trait TrainHooks {
@@ -93,6 +81,16 @@ pub trait TrainHooks {
     fn batch(&mut self, _epoch: usize, _done: usize, _total: usize) {}
     /// An epoch finished.
     fn epoch(&mut self, _report: &EpochReport) {}
+    /// Whether [`TrainHooks::checkpoint`] should be called (encoding a snapshot costs a copy
+    /// of the weights and optimizer state each epoch).
+    fn wants_checkpoints(&self) -> bool {
+        false
+    }
+    /// The full training state after an epoch, before that epoch's [`TrainHooks::epoch`]:
+    /// a run resumed from it continues exactly as this one does. An error stops training.
+    fn checkpoint(&mut self, _snapshot: &Snapshot) -> Result<(), TrainError> {
+        Ok(())
+    }
     /// Whether to stop now (checked before every batch): the run ends with
     /// [`TrainError::Cancelled`].
     fn cancelled(&self) -> bool {
@@ -133,16 +131,59 @@ fn batches(order: &[usize], size: usize) -> Vec<Vec<usize>> {
     order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
-/// Trains `cfg.model` on `train`, validating on `valid` after every epoch; `hooks` see progress
-/// and each epoch's report as soon as it exists. The backbone starts from `init` when given
-/// (the weights `cfg.pretrained` names). Deterministic for a given seed and backend.
+/// The full training state after some epochs, encoded on the host (burn named MessagePack,
+/// full precision, so a resume is bit-exact): see [`TrainState`] for what each part is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub state: TrainState,
+    pub model: Vec<u8>,
+    pub optimizer: Vec<u8>,
+    pub best: Vec<u8>,
+}
+
+fn recorder() -> NamedMpkBytesRecorder<FullPrecisionSettings> {
+    NamedMpkBytesRecorder::<FullPrecisionSettings>::new()
+}
+
+/// Encodes a record (weights, optimizer state) to bytes.
+pub fn encode<B: Backend, R: Record<B>>(record: R) -> Result<Vec<u8>, TrainError> {
+    recorder()
+        .record(record, ())
+        .map_err(|e| TrainError::Config(format!("cannot encode a training record: {e}")))
+}
+
+/// Decodes a record; `what` names it in the error.
+pub fn decode<B: Backend, R: Record<B>>(
+    bytes: Vec<u8>,
+    what: &str,
+    device: &B::Device,
+) -> Result<R, TrainError> {
+    recorder()
+        .load(bytes, device)
+        .map_err(|e| TrainError::Config(format!("{what}: not a state of this model: {e}")))
+}
+
+/// The generator of epoch `epoch`'s shuffle and augmentations: a stream of its own per epoch,
+/// so a run resumed at any epoch draws exactly what an uninterrupted run draws.
+fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch as u64);
+    rng
+}
+
+/// Trains `cfg.model` on `train`, validating on `valid` after every epoch; `hooks` see progress,
+/// each epoch's full state (when they ask for it) and its report, in that order. The model
+/// starts from `resume` when given (a [`Snapshot`] of this configuration: the run continues
+/// bit-identically), else from seeded weights with the backbone from `init` (the weights
+/// `cfg.pretrained` names). Deterministic for a given seed and backend.
 pub fn train<B: TrainBackend>(
     cfg: &TrainConfig,
     train: Arc<WindowSet>,
     valid: Option<Arc<WindowSet>>,
     init: Option<&Pretrained>,
+    resume: Option<Snapshot>,
     device: &B::Device,
-    mut hooks: impl TrainHooks,
+    hooks: impl TrainHooks,
 ) -> Result<Trained<B::InnerBackend>, TrainError> {
     if train.is_empty() {
         return Err(TrainError::Config("no training samples".into()));
@@ -152,99 +193,155 @@ pub fn train<B: TrainBackend>(
             "epochs and batch size must be at least 1".into(),
         ));
     }
-    // Backends seed one process-wide generator: hold it while the weights are drawn, so
-    // trainings running side by side in one process (local mode, tests) stay reproducible.
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let mut model: Model<B> = {
-        let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
-        B::seed(device, cfg.seed);
-        let model: Model<B> = cfg.model.init(device);
-        // Parameters are drawn lazily on first use: touch them all while the lock is held.
-        let _ = burn::module::Module::num_params(&model);
-        model
-    };
-    if let Some(weights) = init {
+    let mut model: Model<B> = cfg.model.init_seeded(cfg.seed, device);
+    if resume.is_none()
+        && let Some(weights) = init
+    {
         model = weights.apply(model, &cfg.model)?;
     }
-    let schedule = cfg.schedule();
-    let mut adam;
-    let mut adamw;
-    let optim: &mut dyn FnMut(f64, Model<B>, GradientsParams) -> Model<B> = match cfg.optimizer {
+    let run = Run {
+        cfg,
+        train,
+        valid,
+        device,
+    };
+    match cfg.optimizer {
         OptimizerKind::Adam => {
-            adam = AdamConfig::new().with_epsilon(1e-7).init::<B, Model<B>>();
-            &mut move |lr, m, g| adam.step(lr, m, g)
+            let optim = AdamConfig::new().with_epsilon(1e-7).init::<B, Model<B>>();
+            run.epochs(model, optim, resume, hooks)
         }
         OptimizerKind::AdamW { weight_decay } => {
-            adamw = AdamWConfig::new()
+            let optim = AdamWConfig::new()
                 .with_epsilon(1e-7)
                 .with_weight_decay(weight_decay as f32)
                 .init::<B, Model<B>>();
-            &mut move |lr, m, g| adamw.step(lr, m, g)
+            run.epochs(model, optim, resume, hooks)
         }
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut history = Vec::with_capacity(cfg.epochs);
-    let mut best: Option<(f64, usize, Model<B::InnerBackend>)> = None;
-    for epoch in 0..cfg.epochs {
-        let start = Instant::now();
-        let lr = schedule.lr(epoch);
-        order.shuffle(&mut rng);
-        let (mut sum, mut seen) = (0.0f64, 0usize);
-        let plan = batches(&order, cfg.batch_size);
-        let total = plan.len();
-        for (done, batch) in prefetch(train.clone(), plan, cfg.loader_threads, 2).enumerate() {
-            if hooks.cancelled() {
-                return Err(TrainError::Cancelled);
-            }
-            let batch = batch?;
-            let n = batch.indices.len();
-            let (x, y) = to_device::<B>(&batch, device);
-            let (x, y) = augment(&cfg.augment, &mut rng, x, y);
-            let loss = keras_kl(model.forward(x), y);
-            let value = loss.clone().into_scalar().elem::<f64>();
-            if !value.is_finite() {
-                return Err(TrainError::Diverged { epoch, loss: value });
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim(lr, model, grads);
-            sum += value * n as f64;
-            seen += n;
-            hooks.batch(epoch, done + 1, total);
-        }
-        let inner = model.valid();
-        let valid_kl = match &valid {
-            Some(v) if !v.is_empty() => {
-                Some(evaluate(&inner, v, cfg.batch_size, cfg.loader_threads, device)?.0)
-            }
-            _ => None,
-        };
-        let score = valid_kl.unwrap_or(f64::NEG_INFINITY);
-        let improved = best
-            .as_ref()
-            .is_none_or(|(b, _, _)| score < *b || valid_kl.is_none());
-        if improved {
-            best = Some((score, epoch, inner));
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        let report = EpochReport {
-            epoch,
-            lr,
-            train_kl: sum / seen.max(1) as f64,
-            valid_kl,
-            seconds,
-            samples_per_second: seen as f64 / seconds.max(1e-9),
-            best: improved,
-        };
-        hooks.epoch(&report);
-        history.push(report);
     }
-    let (_, best_epoch, model) = best.expect("at least one epoch ran");
-    Ok(Trained {
-        model,
-        best_epoch,
-        history,
-    })
+}
+
+/// One training run's fixed inputs.
+struct Run<'a, B: TrainBackend> {
+    cfg: &'a TrainConfig,
+    train: Arc<WindowSet>,
+    valid: Option<Arc<WindowSet>>,
+    device: &'a B::Device,
+}
+
+/// The best epoch so far: its score (validation KL, or -inf without validation), index and
+/// weights.
+type Best<B> = Option<(f64, usize, Model<B>)>;
+
+impl<B: TrainBackend> Run<'_, B> {
+    fn epochs<O: Optimizer<Model<B>, B>>(
+        &self,
+        mut model: Model<B>,
+        mut optim: O,
+        resume: Option<Snapshot>,
+        mut hooks: impl TrainHooks,
+    ) -> Result<Trained<B::InnerBackend>, TrainError> {
+        let (cfg, device) = (self.cfg, self.device);
+        let mut history = Vec::with_capacity(cfg.epochs);
+        let mut best: Best<B::InnerBackend> = None;
+        if let Some(snap) = resume {
+            let st = &snap.state;
+            if st.seed != cfg.seed || st.epochs > cfg.epochs || st.history.len() != st.epochs {
+                return Err(TrainError::Config(format!(
+                    "the saved state (seed {}, {} epochs) does not belong to this run (seed {}, \
+                     {} epochs)",
+                    st.seed, st.epochs, cfg.seed, cfg.epochs
+                )));
+            }
+            model = model.load_record(decode::<B, _>(snap.model, "model.mpk", device)?);
+            optim = optim.load_record(decode::<B, _>(snap.optimizer, "optimizer.mpk", device)?);
+            if st.epochs > 0 {
+                let weights = decode::<B::InnerBackend, _>(snap.best, "best.mpk", device)?;
+                let kept = model.valid().load_record(weights);
+                let score = st.best_valid_kl.unwrap_or(f64::NEG_INFINITY);
+                best = Some((score, st.best_epoch, kept));
+            }
+            history = snap.state.history;
+        }
+        let schedule = cfg.schedule();
+        for epoch in history.len()..cfg.epochs {
+            let start = Instant::now();
+            let lr = schedule.lr(epoch);
+            let mut rng = epoch_rng(cfg.seed, epoch);
+            let mut order: Vec<usize> = (0..self.train.len()).collect();
+            order.shuffle(&mut rng);
+            let (mut sum, mut seen) = (0.0f64, 0usize);
+            let plan = batches(&order, cfg.batch_size);
+            let total = plan.len();
+            for (done, batch) in
+                prefetch(self.train.clone(), plan, cfg.loader_threads, 2).enumerate()
+            {
+                if hooks.cancelled() {
+                    return Err(TrainError::Cancelled);
+                }
+                let batch = batch?;
+                let n = batch.indices.len();
+                let (x, y) = to_device::<B>(&batch, device);
+                let (x, y) = augment(&cfg.augment, &mut rng, x, y);
+                let loss = keras_kl(model.forward(x), y);
+                let value = loss.clone().into_scalar().elem::<f64>();
+                if !value.is_finite() {
+                    return Err(TrainError::Diverged { epoch, loss: value });
+                }
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(lr, model, grads);
+                sum += value * n as f64;
+                seen += n;
+                hooks.batch(epoch, done + 1, total);
+            }
+            let inner = model.valid();
+            let valid_kl = match &self.valid {
+                Some(v) if !v.is_empty() => {
+                    Some(evaluate(&inner, v, cfg.batch_size, cfg.loader_threads, device)?.0)
+                }
+                _ => None,
+            };
+            let score = valid_kl.unwrap_or(f64::NEG_INFINITY);
+            let improved = best
+                .as_ref()
+                .is_none_or(|(b, _, _)| score < *b || valid_kl.is_none());
+            if improved {
+                best = Some((score, epoch, inner));
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            history.push(EpochReport {
+                epoch,
+                lr,
+                train_kl: sum / seen.max(1) as f64,
+                valid_kl,
+                seconds,
+                samples_per_second: seen as f64 / seconds.max(1e-9),
+                best: improved,
+            });
+            if hooks.wants_checkpoints() {
+                let (score, best_epoch, kept) = best.as_ref().expect("an epoch ran");
+                let snapshot = Snapshot {
+                    state: TrainState {
+                        epochs: epoch + 1,
+                        history: history.clone(),
+                        best_epoch: *best_epoch,
+                        best_valid_kl: score.is_finite().then_some(*score),
+                        seed: cfg.seed,
+                    },
+                    model: encode::<B, _>(model.clone().into_record())?,
+                    optimizer: encode::<B, _>(optim.to_record())?,
+                    best: encode::<B::InnerBackend, _>(kept.clone().into_record())?,
+                };
+                hooks.checkpoint(&snapshot)?;
+            }
+            hooks.epoch(history.last().expect("just pushed"));
+        }
+        let (_, best_epoch, model) = best.expect("at least one epoch ran");
+        Ok(Trained {
+            model,
+            best_epoch,
+            history,
+        })
+    }
 }
 
 /// Keras KL and softmax predictions of `model` on every sample of `set`, in order.
@@ -282,7 +379,9 @@ mod tests {
     use hbac_common::preprocess::Sample;
     use rand::Rng;
 
-    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    use burn::backend::Flex;
+
+    type B = burn::backend::Autodiff<Flex>;
 
     /// `n` random spectrograms with random soft targets.
     fn random_set(n: usize, seed: u64) -> WindowSet {
@@ -330,9 +429,17 @@ mod tests {
         let device = Default::default();
         let cfg = tiny(Arch::MobileNetV3Large).with_epochs(60);
         let mut first = None;
-        let trained = train::<B>(&cfg, set.clone(), None, None, &device, |r: &EpochReport| {
-            first.get_or_insert(r.train_kl);
-        })
+        let trained = train::<B>(
+            &cfg,
+            set.clone(),
+            None,
+            None,
+            None,
+            &device,
+            |r: &EpochReport| {
+                first.get_or_insert(r.train_kl);
+            },
+        )
         .unwrap();
         let last = trained.history.last().unwrap().train_kl;
         let (eval_kl, preds) = evaluate(&trained.model, &set, 8, 1, &device).unwrap();
@@ -352,8 +459,18 @@ mod tests {
             .with_epochs(2)
             .with_batch_size(3)
             .with_augment(AugmentConfig::default());
-        let a = train::<B>(&cfg, set.clone(), Some(set.clone()), None, &device, NoHooks).unwrap();
-        let b = train::<B>(&cfg, set.clone(), Some(set.clone()), None, &device, NoHooks).unwrap();
+        let run = || {
+            train::<B>(
+                &cfg,
+                set.clone(),
+                Some(set.clone()),
+                None,
+                None,
+                &device,
+                NoHooks,
+            )
+        };
+        let (a, b) = (run().unwrap(), run().unwrap());
         let kl = |t: &Trained<burn::backend::Flex>| {
             t.history
                 .iter()
@@ -366,5 +483,121 @@ mod tests {
                 .iter()
                 .all(|r| r.valid_kl.is_some_and(f64::is_finite))
         );
+    }
+
+    /// Keeps every snapshot; asks to stop once it holds `stop_after`.
+    struct Keep {
+        snaps: Vec<Snapshot>,
+        stop_after: usize,
+    }
+
+    impl TrainHooks for &mut Keep {
+        fn wants_checkpoints(&self) -> bool {
+            true
+        }
+        fn checkpoint(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+            self.snaps.push(s.clone());
+            Ok(())
+        }
+        fn cancelled(&self) -> bool {
+            self.snaps.len() >= self.stop_after
+        }
+    }
+
+    /// Every tensor of a model record (parameters and BatchNorm statistics), in order.
+    fn values(record: &[u8], cfg: &TrainConfig) -> Vec<Vec<f32>> {
+        use burn::module::{ModuleVisitor, Param};
+        struct All(Vec<Vec<f32>>);
+        impl ModuleVisitor<Flex> for All {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Flex, D>>) {
+                self.0.push(p.val().into_data().to_vec().unwrap());
+            }
+        }
+        let device = Default::default();
+        let weights = decode::<Flex, _>(record.to_vec(), "test", &device).unwrap();
+        let model: Model<Flex> = cfg.model.init(&device).load_record(weights);
+        let mut all = All(Vec::new());
+        model.visit(&mut all);
+        all.0
+    }
+
+    /// What must be equal between two snapshots: the state without its wall-clock figures,
+    /// and every value of the weights and of the best weights. (Byte-level records differ in
+    /// burn's random BatchNorm-statistics ids; the optimizer moments show in the weights of
+    /// every later epoch.)
+    fn timeless(s: Snapshot, cfg: &TrainConfig) -> (TrainState, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        let mut state = s.state;
+        for r in &mut state.history {
+            (r.seconds, r.samples_per_second) = (0.0, 0.0);
+        }
+        (state, values(&s.model, cfg), values(&s.best, cfg))
+    }
+
+    #[test]
+    fn a_run_resumed_from_any_epoch_equals_the_uninterrupted_run() {
+        let set = Arc::new(random_set(6, 3));
+        let device = Default::default();
+        let cfg = tiny(Arch::MobileNetV3Large)
+            .with_epochs(3)
+            .with_batch_size(3)
+            .with_augment(AugmentConfig::default());
+        let run = |resume: Option<Snapshot>, keep: &mut Keep| {
+            train::<B>(
+                &cfg,
+                set.clone(),
+                Some(set.clone()),
+                None,
+                resume,
+                &device,
+                keep,
+            )
+        };
+        let mut full = Keep {
+            snaps: vec![],
+            stop_after: usize::MAX,
+        };
+        let uninterrupted = run(None, &mut full).unwrap();
+        assert_eq!(full.snaps.len(), 3);
+        for k in 1..3 {
+            // Killed after epoch k (the snapshot is what the worker saved), resumed elsewhere.
+            let mut first = Keep {
+                snaps: vec![],
+                stop_after: k,
+            };
+            assert!(matches!(run(None, &mut first), Err(TrainError::Cancelled)));
+            let saved = first.snaps.pop().unwrap();
+            assert_eq!(
+                timeless(saved.clone(), &cfg),
+                timeless(full.snaps[k - 1].clone(), &cfg)
+            );
+            let mut rest = Keep {
+                snaps: vec![],
+                stop_after: usize::MAX,
+            };
+            let resumed = run(Some(saved), &mut rest).unwrap();
+            assert_eq!(rest.snaps.len(), 3 - k, "only the missing epochs run");
+            assert_eq!(
+                timeless(rest.snaps.pop().unwrap(), &cfg),
+                timeless(full.snaps[2].clone(), &cfg),
+                "weights, best weights and history after a resume at epoch {k}"
+            );
+            assert_eq!(resumed.best_epoch, uninterrupted.best_epoch);
+            let kept = |m: Model<Flex>| values(&encode::<Flex, _>(m.into_record()).unwrap(), &cfg);
+            assert_eq!(kept(resumed.model), kept(uninterrupted.model.clone()));
+        }
+        // A state of another run is refused, not trained on.
+        let other = cfg.clone().with_seed(7);
+        let e = train::<B>(
+            &other,
+            set.clone(),
+            None,
+            None,
+            Some(full.snaps[0].clone()),
+            &device,
+            NoHooks,
+        )
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("does not belong"), "{e}");
     }
 }
