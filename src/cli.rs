@@ -208,6 +208,11 @@ pub struct TrainArgs {
     /// Output directory or URL for this job's files.
     #[arg(long)]
     pub out: String,
+    /// Resume from the latest training state saved in this folder (an interrupted `hbac train
+    /// --out` of the same configuration; it may be --out itself): the run continues exactly as
+    /// it would have.
+    #[arg(long)]
+    pub resume: Option<String>,
     /// Fold held out for validation (0-based).
     #[arg(long, default_value_t = 0)]
     pub fold: usize,

@@ -319,7 +319,7 @@ async fn train(a: TrainArgs) -> Result<()> {
         labels: a.recipe.labels(),
         train: cfg,
         io_concurrency: a.jobs,
-        resume: None,
+        resume: a.resume.as_deref().map(Store::open).transpose()?,
     };
     info!(arch = %a.arch, fold = a.fold, out = spec.out.root(), device = ?a.device, "training");
     let hooks = EpochProgress { bar: None, epochs };

@@ -286,3 +286,74 @@ fn hbac_train_and_predict_run_on_wgpu() {
         }
     }
 }
+
+#[test]
+fn train_resume_continues_an_interrupted_run_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("data"), 12, 3);
+    let (full, cut, resumed) = (
+        tmp.path().join("full"),
+        tmp.path().join("cut"),
+        tmp.path().join("resumed"),
+    );
+    reduced(&data, full.to_str().unwrap(), "mobilenetv3-large", 3, &[]);
+    // An interruption after epoch 2: what the run had saved by then.
+    let saved = full.join("state").join("epoch-0002");
+    let into = cut.join("state").join("epoch-0002");
+    std::fs::create_dir_all(&into).unwrap();
+    for f in std::fs::read_dir(&saved).unwrap().flatten() {
+        std::fs::copy(f.path(), into.join(f.file_name())).unwrap();
+    }
+    reduced(
+        &data,
+        resumed.to_str().unwrap(),
+        "mobilenetv3-large",
+        3,
+        &["--resume", cut.to_str().unwrap()],
+    );
+    let read = |d: &std::path::Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert_eq!(read(&resumed, "oof.csv"), read(&full, "oof.csv"));
+    assert_eq!(read(&resumed, "test.csv"), read(&full, "test.csv"));
+    let losses = |d: &std::path::Path| -> Vec<(f64, Option<f64>)> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (v["train_kl"].as_f64().unwrap(), v["valid_kl"].as_f64())
+            })
+            .collect()
+    };
+    assert_eq!(losses(&resumed), losses(&full));
+    let config: Value = serde_json::from_slice(&read(&resumed, "config.json")).unwrap();
+    assert_eq!(config["resumed_epochs"], 2);
+    // A state of another configuration is refused with a message, not trained on.
+    let other = tmp.path().join("other");
+    let out = common::hbac(
+        &[
+            "train",
+            "--data",
+            &data,
+            "--out",
+            other.to_str().unwrap(),
+            "--arch",
+            "mobilenetv3-large",
+            "--width",
+            "0.25",
+            "--downsample",
+            "8",
+            "--batch-size",
+            "16",
+            "--epochs",
+            "3",
+            "--seed",
+            "9",
+            "--resume",
+            cut.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not belong to this run"), "{stderr}");
+}

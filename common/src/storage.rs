@@ -337,10 +337,24 @@ fn storage_error(url: &str, e: object_store::Error) -> Error {
             url: url.into(),
             detail: chain(&e),
         },
-        other => Error::Storage {
-            url: url.into(),
-            detail: chain(&other),
-        },
+        other => {
+            let detail = chain(&other);
+            // object_store reports a refused LIST as a generic error carrying the HTTP status.
+            if ["401 Unauthorized", "403 Forbidden"]
+                .iter()
+                .any(|s| detail.contains(s))
+            {
+                Error::AccessDenied {
+                    url: url.into(),
+                    detail,
+                }
+            } else {
+                Error::Storage {
+                    url: url.into(),
+                    detail,
+                }
+            }
+        }
     }
 }
 

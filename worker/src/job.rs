@@ -61,6 +61,9 @@ pub struct JobRecord {
     pub train_samples: usize,
     pub valid_samples: usize,
     pub train: serde_json::Value,
+    /// Epochs restored from an earlier attempt's saved state (0: trained from the start).
+    #[serde(default)]
+    pub resumed_epochs: usize,
 }
 
 pub use hbac_common::records::JobSummary;
@@ -181,6 +184,13 @@ pub async fn run<B: TrainBackend>(
     let train_set =
         Arc::new(load_set(&cache, Split::Train, train_samples, spec.io_concurrency).await?);
     let valid_set = Arc::new(load_set(&cache, Split::Train, valid, spec.io_concurrency).await?);
+    let resume = match &spec.resume {
+        Some(dir) => latest_state(dir).await?,
+        None => None,
+    };
+    if let Some(s) = &resume {
+        info!(epochs = s.state.epochs, from = %spec.resume.as_ref().map(|d| d.root()).unwrap_or_default(), "resuming from a saved training state");
+    }
     let record = JobRecord {
         data: spec.data.root().to_string(),
         fold: spec.fold,
@@ -190,6 +200,7 @@ pub async fn run<B: TrainBackend>(
         train_samples: train_set.len(),
         valid_samples: valid_set.len(),
         train: serde_json::to_value(&spec.train).expect("serialisable"),
+        resumed_epochs: resume.as_ref().map_or(0, |s| s.state.epochs),
     };
     spec.out
         .put(
@@ -197,14 +208,6 @@ pub async fn run<B: TrainBackend>(
             serde_json::to_vec_pretty(&record).expect("serialisable"),
         )
         .await?;
-
-    let resume = match &spec.resume {
-        Some(dir) => latest_state(dir).await?,
-        None => None,
-    };
-    if let Some(s) = &resume {
-        info!(epochs = s.state.epochs, from = %spec.resume.as_ref().map(|d| d.root()).unwrap_or_default(), "resuming from a saved training state");
-    }
 
     // Train on a blocking thread; after every epoch, save its state and publish metrics.jsonl
     // from there, before the epoch is reported.
