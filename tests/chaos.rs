@@ -13,7 +13,7 @@
 //! re-lease, and the time from a coordinator restart to its first answer. The CI-sized run is
 //! the default; the full-size figures in bench/RESULTS.md come from the same test with
 //! `HBAC_CHAOS_WORKER_KILLS=50 HBAC_CHAOS_COORDINATOR_KILLS=5 HBAC_CHAOS_K=5
-//! HBAC_CHAOS_EPOCHS=8 cargo test --release --test chaos -- --nocapture`.
+//! HBAC_CHAOS_EPOCHS=60 HBAC_CHAOS_WORKERS=3 cargo test --test chaos -- --nocapture`.
 
 mod common;
 
@@ -49,14 +49,6 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `hbac ARGS`, its output appended to `log`.
 fn spawn(args: &[String], log: &Path) -> Child {
     let file = std::fs::OpenOptions::new()
@@ -84,34 +76,10 @@ struct Run {
 
 impl Run {
     fn coordinator_args(&self, port: u16) -> Vec<String> {
-        let s = &self.scenario;
-        [
-            "coordinator",
-            "--data",
-            &self.data,
-            "--out",
-            self.out.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--k",
-            &s.k.to_string(),
-            "--archs",
-            "mobilenetv3-large",
-            "--width",
-            "0.25",
-            "--downsample",
-            "8",
-            "--epochs",
-            &s.epochs.to_string(),
-            "--batch-size",
-            "16",
-            "--lease-ttl",
-            "2",
-            "--linger",
-            "3",
-        ]
-        .map(String::from)
-        .to_vec()
+        let (k, epochs) = (self.scenario.k, self.scenario.epochs);
+        let mut args = common::coordinator_args(&self.data, &self.out, port, k, epochs);
+        args.extend(["--linger", "3"].map(String::from));
+        args
     }
 
     fn coordinator(&self) -> Child {
@@ -216,7 +184,7 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
         dir: dir.to_path_buf(),
         data: data.to_string(),
         out: dir.join("run"),
-        port: free_port(),
+        port: common::free_port(),
         scenario: scenario.clone(),
     };
     let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed);
@@ -287,7 +255,7 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
             second = false;
             let out = tokio::task::block_in_place(|| {
                 Command::new(env!("CARGO_BIN_EXE_hbac"))
-                    .args(run.coordinator_args(free_port()))
+                    .args(run.coordinator_args(common::free_port()))
                     .env("HBAC_TOKEN", TOKEN)
                     .output()
                     .unwrap()

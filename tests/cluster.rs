@@ -120,6 +120,31 @@ fn spawn_worker(addr: &str, id: &str) -> tokio::task::JoinHandle<Result<Ended, W
     })
 }
 
+/// Starts worker "victim", kills it (as a dead process would stop) once it holds a job that
+/// has reported `epochs` epochs, and starts worker "survivor": returns the victim's job and
+/// the survivor.
+async fn kill_the_victim(
+    handle: &Handle,
+    epochs: u32,
+) -> (String, tokio::task::JoinHandle<Result<Ended, WorkerError>>) {
+    let addr = format!("http://{}", handle.addr);
+    let victim = spawn_worker(&addr, "victim");
+    let shared = handle.shared.clone();
+    let held = |s: &wire::StatusResponse| {
+        s.jobs
+            .iter()
+            .find(|j| j.state == "leased" && j.worker == "victim" && j.epoch >= epochs)
+            .map(|j| j.job_id.clone())
+    };
+    until(120, "the victim to hold a job", || {
+        held(&shared.status()).is_some()
+    })
+    .await;
+    let job = held(&shared.status()).expect("held");
+    victim.abort();
+    (job, spawn_worker(&addr, "survivor"))
+}
+
 /// Polls `f` every 50 ms until it holds, failing after `secs`.
 async fn until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -248,26 +273,7 @@ async fn a_killed_worker_s_job_finishes_elsewhere_with_one_result() {
     let data = common::synth(&tmp.path().join("data"), 12, 7);
     let out = tmp.path().join("run");
     let handle = start(plan(&data, &out, 2), settings(1_000, 60_000)).await;
-    let addr = format!("http://{}", handle.addr);
-    let victim = spawn_worker(&addr, "victim");
-    let shared = handle.shared.clone();
-    until(60, "the victim to hold a lease", || {
-        shared
-            .status()
-            .jobs
-            .iter()
-            .any(|j| j.state == "leased" && j.worker == "victim")
-    })
-    .await;
-    let job = shared
-        .status()
-        .jobs
-        .into_iter()
-        .find(|j| j.worker == "victim")
-        .unwrap()
-        .job_id;
-    victim.abort();
-    let survivor = spawn_worker(&addr, "survivor");
+    let (job, survivor) = kill_the_victim(&handle, 0).await;
     let report = handle.wait().await.unwrap();
     survivor.await.unwrap().unwrap();
     let j = journal(&out);
@@ -330,26 +336,7 @@ async fn a_job_killed_mid_training_resumes_from_its_last_epoch_bit_identically()
     // The same run, its first job's worker killed once that job has saved an epoch.
     let out = tmp.path().join("run");
     let handle = start(three_epochs(&out), settings(1_000, 60_000)).await;
-    let addr = format!("http://{}", handle.addr);
-    let victim = spawn_worker(&addr, "victim");
-    let shared = handle.shared.clone();
-    until(120, "an epoch saved by the victim", || {
-        shared
-            .status()
-            .jobs
-            .iter()
-            .any(|j| j.state == "leased" && j.worker == "victim" && j.epoch >= 1)
-    })
-    .await;
-    let job = shared
-        .status()
-        .jobs
-        .into_iter()
-        .find(|j| j.worker == "victim")
-        .unwrap()
-        .job_id;
-    victim.abort();
-    let survivor = spawn_worker(&addr, "survivor");
+    let (job, survivor) = kill_the_victim(&handle, 1).await;
     handle.wait().await.unwrap();
     survivor.await.unwrap().unwrap();
     let j = journal(&out);
@@ -382,38 +369,11 @@ async fn a_restarted_coordinator_resumes_without_rerunning_finished_jobs() {
     let tmp = tempfile::tempdir().unwrap();
     let data = common::synth(&tmp.path().join("data"), 12, 7);
     let out = tmp.path().join("run");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let coordinator = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_hbac"))
-            .args([
-                "coordinator",
-                "--data",
-                &data,
-                "--out",
-                out.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--k",
-                "2",
-                "--archs",
-                "mobilenetv3-large",
-                "--width",
-                "0.25",
-                "--downsample",
-                "8",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "16",
-                "--lease-ttl",
-                "2",
-                "--linger",
-                "1",
-            ])
+            .args(common::coordinator_args(&data, &out, port, 2, 1))
+            .args(["--linger", "1"])
             .env("HBAC_TOKEN", TOKEN)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())

@@ -11,6 +11,7 @@ use hbac_common::hms::tables::{self, ProbRow};
 use hbac_common::hms::{N_CLASSES, VOTE_COLUMNS};
 use hbac_common::metric;
 use hbac_common::plot::{Series, loss_svg};
+use hbac_common::records::{self, EpochReport};
 use hbac_common::storage::Store;
 use hbac_common::{Error, Result};
 use serde::Serialize;
@@ -148,8 +149,8 @@ pub async fn aggregate(
         })?;
         let a = archs.iter().position(|x| *x == job.arch).unwrap_or(0);
         let dir = Store::open(&r.out_url)?;
-        let oof_url = dir.url("oof.csv");
-        let job_oof = parse_oof(&dir.get("oof.csv").await?, &oof_url)?;
+        let oof_url = dir.url(records::OOF);
+        let job_oof = parse_oof(&dir.get(records::OOF).await?, &oof_url)?;
         for (label, p, fold) in &job_oof {
             if !votes.contains_key(label) {
                 return Err(Error::invalid(
@@ -159,9 +160,9 @@ pub async fn aggregate(
             }
             oof[a].insert(*label, (*p, *fold));
         }
-        if dir.exists("test.csv").await? {
-            let url = dir.url("test.csv");
-            for row in tables::parse_prob_csv(&dir.get("test.csv").await?, &url)? {
+        if dir.exists(records::TEST).await? {
+            let url = dir.url(records::TEST);
+            for row in tables::parse_prob_csv(&dir.get(records::TEST).await?, &url)? {
                 let e = test[a].entry(row.eeg_id).or_insert(([0.0; N_CLASSES], 0));
                 for k in 0..N_CLASSES {
                     e.0[k] += row.values[k];
@@ -177,8 +178,9 @@ pub async fn aggregate(
             .entry(job.arch.clone())
             .or_default()
             .push(fold_kl);
-        if let Ok(m) = dir.get("metrics.jsonl").await {
-            curves.extend(curves_of(&m, &format!("{} f{}", job.arch, job.fold)));
+        if let Ok(m) = dir.get(records::METRICS).await {
+            let history = records::parse_metrics_jsonl(&m, &dir.url(records::METRICS))?;
+            curves.extend(curves_of(&history, &format!("{} f{}", job.arch, job.fold)));
         }
         lines.push(JobLine {
             job: job.id.clone(),
@@ -313,30 +315,21 @@ fn score(pred: &[(i64, [f64; N_CLASSES])], votes: &HashMap<i64, [f64; N_CLASSES]
     metric::kaggle_kl(&solution, "train.csv", &submission, "oof.csv")
 }
 
-/// Train (dashed) and valid curves from a job's `metrics.jsonl`.
-fn curves_of(bytes: &[u8], label: &str) -> Vec<Series> {
-    let (mut train, mut valid) = (Vec::new(), Vec::new());
-    for line in String::from_utf8_lossy(bytes).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let epoch = v["epoch"].as_f64().unwrap_or(0.0) + 1.0;
-        if let Some(t) = v["train_kl"].as_f64() {
-            train.push((epoch, t));
-        }
-        if let Some(t) = v["valid_kl"].as_f64() {
-            valid.push((epoch, t));
-        }
-    }
+/// Train (dashed) and valid curves from a job's epochs.
+fn curves_of(history: &[EpochReport], label: &str) -> Vec<Series> {
+    let epoch = |r: &EpochReport| r.epoch as f64 + 1.0;
     vec![
         Series {
             label: format!("{label} train"),
-            points: train,
+            points: history.iter().map(|r| (epoch(r), r.train_kl)).collect(),
             dashed: true,
         },
         Series {
             label: format!("{label} valid"),
-            points: valid,
+            points: history
+                .iter()
+                .filter_map(|r| Some((epoch(r), r.valid_kl?)))
+                .collect(),
             dashed: false,
         },
     ]

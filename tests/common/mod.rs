@@ -42,6 +42,50 @@ pub fn fails(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `hbac coordinator` of a reduced MobileNetV3 run (width 0.25, input pooled by 8, batch 16)
+/// of `k` folds × `epochs` on loopback `port`, with a 2 s lease TTL.
+pub fn coordinator_args(data: &str, out: &Path, port: u16, k: usize, epochs: usize) -> Vec<String> {
+    let (listen, k, epochs) = (
+        format!("127.0.0.1:{port}"),
+        k.to_string(),
+        epochs.to_string(),
+    );
+    [
+        "coordinator",
+        "--data",
+        data,
+        "--out",
+        out.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--k",
+        &k,
+        "--archs",
+        "mobilenetv3-large",
+        "--width",
+        "0.25",
+        "--downsample",
+        "8",
+        "--epochs",
+        &epochs,
+        "--batch-size",
+        "16",
+        "--lease-ttl",
+        "2",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Writes a small synthetic data set into `dir` and returns its path as a string.
 pub fn synth(dir: &Path, patients: usize, seed: u64) -> String {
     let d = dir.to_str().unwrap().to_string();
