@@ -365,7 +365,7 @@ async fn a_run_survives_killed_workers_and_coordinators_with_the_same_result() {
         coordinator_kills: env_or("HBAC_CHAOS_COORDINATOR_KILLS", 2),
         second_coordinator: true,
         k: env_or("HBAC_CHAOS_K", 3),
-        epochs: env_or("HBAC_CHAOS_EPOCHS", 6),
+        epochs: env_or("HBAC_CHAOS_EPOCHS", 20),
     };
     let calm = Scenario {
         workers: 1,
