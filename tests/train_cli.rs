@@ -8,10 +8,15 @@ use common::{ok, synth};
 use hbac_common::hms::tables::parse_prob_csv;
 use serde_json::Value;
 
-/// A reduced model (width 0.25, input pooled by 8) with a learning rate and BatchNorm
-/// momentum suited to a few hundred steps.
-fn reduced(data: &str, out: &str, arch: &str, epochs: usize, extra: &[&str]) -> String {
-    let epochs = epochs.to_string();
+/// The `hbac train` arguments of a reduced model (width 0.25, input pooled by 8) with a
+/// learning rate and BatchNorm momentum suited to a few hundred steps.
+fn reduced_args<'a>(
+    data: &'a str,
+    out: &'a str,
+    arch: &'a str,
+    epochs: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
     let mut args = vec![
         "train",
         "--data",
@@ -31,12 +36,18 @@ fn reduced(data: &str, out: &str, arch: &str, epochs: usize, extra: &[&str]) -> 
         "--bn-momentum",
         "0.9",
         "--epochs",
-        &epochs,
+        epochs,
         "--loader-threads",
         "1",
     ];
     args.extend_from_slice(extra);
-    ok(&args)
+    args
+}
+
+/// Trains a reduced model; returns stdout.
+fn reduced(data: &str, out: &str, arch: &str, epochs: usize, extra: &[&str]) -> String {
+    let epochs = epochs.to_string();
+    ok(&reduced_args(data, out, arch, &epochs, extra))
 }
 
 #[test]
@@ -329,28 +340,15 @@ fn train_resume_continues_an_interrupted_run_exactly() {
     assert_eq!(config["resumed_epochs"], 2);
     // A state of another configuration is refused with a message, not trained on.
     let other = tmp.path().join("other");
+    let args = ["--seed", "9", "--resume", cut.to_str().unwrap()];
     let out = common::hbac(
-        &[
-            "train",
-            "--data",
+        &reduced_args(
             &data,
-            "--out",
             other.to_str().unwrap(),
-            "--arch",
             "mobilenetv3-large",
-            "--width",
-            "0.25",
-            "--downsample",
-            "8",
-            "--batch-size",
-            "16",
-            "--epochs",
             "3",
-            "--seed",
-            "9",
-            "--resume",
-            cut.to_str().unwrap(),
-        ],
+            &args,
+        ),
         &[],
     );
     assert!(!out.status.success());
