@@ -94,10 +94,7 @@ impl Shared {
 
     /// The folder of a reported attempt if its summary is there, or why not (a result is
     /// accepted only with its files in place); storage trouble is UNAVAILABLE, for a retry.
-    async fn check_result(&self, dir: Option<&str>) -> Result<Result<String, String>, Status> {
-        let Some(dir) = dir else {
-            return Ok(Err("the lease names no job of this run".into()));
-        };
+    async fn check_result(&self, dir: &str) -> Result<Result<String, String>, Status> {
         let store = match Store::open(dir) {
             Ok(store) => store,
             Err(e) => return Ok(Err(e.to_string())),
@@ -393,13 +390,15 @@ impl Coordinator for Service {
                     attempt: 0,
                     worker: worker.clone(),
                 };
-                let job = self
-                    .0
-                    .jobs
-                    .iter()
-                    .find(|j| req.lease_id.starts_with(&format!("{}-a", j.id)));
-                let dir = job.map(|j| self.0.plan.attempt_dir(&j.id, &req.lease_id));
-                match self.0.check_result(dir.as_deref()).await? {
+                // The job whose lease (or accepted result) this is; none: a late report,
+                // refused by `complete` below without looking at storage.
+                let job = self.0.lock().job_of_lease(&req.lease_id);
+                let dir = job.map(|i| self.0.plan.attempt_dir(&self.0.jobs[i].id, &req.lease_id));
+                let checked = match &dir {
+                    Some(dir) => self.0.check_result(dir).await?,
+                    None => Ok(String::new()),
+                };
+                match checked {
                     Ok(out_url) => {
                         let verdict = {
                             let mut s = self.0.lock();

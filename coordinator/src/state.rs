@@ -498,6 +498,15 @@ impl State {
         }))
     }
 
+    /// The job whose current lease, or accepted result, is `lease_id`.
+    pub fn job_of_lease(&self, lease_id: &str) -> Option<usize> {
+        self.jobs.iter().position(|j| match &j.state {
+            JobState::Leased(l) => l.id == lease_id,
+            JobState::Done(r) => r.lease_id == lease_id,
+            _ => false,
+        })
+    }
+
     fn leased(&mut self, lease_id: &str) -> Option<(usize, &mut Lease)> {
         self.jobs
             .iter_mut()
