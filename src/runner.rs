@@ -202,7 +202,7 @@ fn progress_view(
                 b.set_position(j.epoch as u64);
                 b.set_message(job_line(j));
             }
-            if s.state != "running" {
+            if s.phase() != proto::wire::RunPhase::Running {
                 for b in &bars {
                     b.finish();
                 }
@@ -217,7 +217,7 @@ fn job_line(j: &proto::wire::JobStatus) -> String {
     let kl = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
     let mut line = format!(
         "{:7} {} try {} train {} valid {}",
-        j.state,
+        j.phase().label(),
         if j.worker.is_empty() { "-" } else { &j.worker },
         j.attempt,
         kl(j.train_kl),
@@ -547,14 +547,14 @@ pub async fn status(a: StatusArgs) -> Result<()> {
             .iter()
             .map(|j| {
                 serde_json::json!({
-                    "job": j.job_id, "arch": j.arch, "fold": j.fold, "state": j.state,
+                    "job": j.job_id, "arch": j.arch, "fold": j.fold, "state": j.phase().label(),
                     "worker": j.worker, "attempt": j.attempt, "epoch": j.epoch, "epochs": j.epochs,
                     "train_kl": j.train_kl, "valid_kl": j.valid_kl, "eta_s": j.eta_s,
                 })
             })
             .collect();
         let v = serde_json::json!({
-            "state": s.state, "error": s.error, "workers": s.workers, "out": s.out_url,
+            "state": s.phase().label(), "error": s.error, "workers": s.workers, "out": s.out_url,
             "cv_kl": s.cv_kl, "jobs": jobs,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -562,7 +562,9 @@ pub async fn status(a: StatusArgs) -> Result<()> {
     }
     println!(
         "run {} · {} worker(s) · output {}",
-        s.state, s.workers, s.out_url
+        s.phase().label(),
+        s.workers,
+        s.out_url
     );
     if !s.error.is_empty() {
         println!("error: {}", s.error);

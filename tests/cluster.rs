@@ -14,6 +14,7 @@ use hbac_common::folds::KFold;
 use hbac_common::hms::tables::parse_prob_csv;
 use hbac_common::preprocess::{LabelMode, SampleSelection};
 use hbac_common::proto::wire::coordinator_client::CoordinatorClient;
+use hbac_common::proto::wire::{JobPhase, RunPhase};
 use hbac_common::proto::{Backend, wire};
 use hbac_coordinator::journal::{self, Snapshot};
 use hbac_coordinator::plan::Plan;
@@ -133,7 +134,7 @@ async fn kill_the_victim(
     let held = |s: &wire::StatusResponse| {
         s.jobs
             .iter()
-            .find(|j| j.state == "leased" && j.worker == "victim" && j.epoch >= epochs)
+            .find(|j| j.phase() == JobPhase::Leased && j.worker == "victim" && j.epoch >= epochs)
             .map(|j| j.job_id.clone())
     };
     until(120, "the victim to hold a job", || {
@@ -200,7 +201,7 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
         before
             .jobs
             .iter()
-            .all(|j| j.state == "pending" && j.epochs == 1)
+            .all(|j| j.phase() == JobPhase::Pending && j.epochs == 1)
     );
     let workers: Vec<_> = (0..3)
         .map(|i| spawn_worker(&addr, &format!("w{i}")))
@@ -212,12 +213,12 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
     }
     // The status says finished only with the results written, and shows each job's figures.
     let status = shared.status();
-    assert_eq!(status.state, "finished");
+    assert_eq!(status.phase(), RunPhase::Finished);
     assert_eq!(status.cv_kl, Some(report.cv));
     for j in &status.jobs {
         assert_eq!(
-            (j.state.as_str(), j.epoch, j.epochs),
-            ("done", 1, 1),
+            (j.phase(), j.epoch, j.epochs),
+            (JobPhase::Done, 1, 1),
             "{}",
             j.job_id
         );
@@ -435,8 +436,8 @@ async fn a_second_coordinator_on_an_owned_run_leases_nothing_and_exits_with_an_e
     // It claimed no generation: the first still owns the run, and all its jobs are pending.
     assert!(!out.join("journal/owner-000002").exists());
     let status = first.shared.status();
-    assert_eq!(status.state, "running");
-    assert!(status.jobs.iter().all(|j| j.state == "pending"));
+    assert_eq!(status.phase(), RunPhase::Running);
+    assert!(status.jobs.iter().all(|j| j.phase() == JobPhase::Pending));
     let latest = journal(&out);
     assert_eq!(
         (latest.owner.id.as_str(), latest.owner.generation),
@@ -674,7 +675,7 @@ async fn sigterm_hands_the_lease_back_and_the_worker_exits_non_zero() {
         .iter()
         .find(|j| j.attempt == 1)
         .expect("the leased job");
-    assert_eq!(job.state, "pending", "{job:?}");
+    assert_eq!(job.phase(), JobPhase::Pending, "{job:?}");
     assert_eq!(handle.shared.lock().counters().lease_expiries, 0);
     handle.abort();
 }

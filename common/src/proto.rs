@@ -23,6 +23,32 @@ pub enum Backend {
 /// The serialized descriptor set of `proto/hbac.proto`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hbac_descriptor");
 
+impl wire::RunPhase {
+    /// The name people read (`hbac status`, JSON, the dashboard).
+    pub fn label(self) -> &'static str {
+        match self {
+            wire::RunPhase::Unspecified => "unknown",
+            wire::RunPhase::Running => "running",
+            wire::RunPhase::Aggregating => "aggregating",
+            wire::RunPhase::Finished => "finished",
+            wire::RunPhase::Failed => "failed",
+        }
+    }
+}
+
+impl wire::JobPhase {
+    /// The name people read (`hbac status`, JSON, the dashboard).
+    pub fn label(self) -> &'static str {
+        match self {
+            wire::JobPhase::Unspecified => "unknown",
+            wire::JobPhase::Pending => "pending",
+            wire::JobPhase::Leased => "leased",
+            wire::JobPhase::Done => "done",
+            wire::JobPhase::Failed => "failed",
+        }
+    }
+}
+
 impl Backend {
     /// The wire / command-line name.
     pub fn name(self) -> &'static str {

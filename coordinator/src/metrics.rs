@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hbac_common::proto::wire::JobPhase;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,9 +28,14 @@ pub fn render(shared: &Shared) -> String {
     let s = shared.lock();
     let mut r = Registry::with_prefix("hbac");
     let jobs = Family::<Labels, Gauge>::default();
-    for state in ["pending", "leased", "done", "failed"] {
-        let n = s.jobs().iter().filter(|j| j.state.name() == state).count();
-        jobs.get_or_create(&vec![("state".into(), state.into())])
+    for phase in [
+        JobPhase::Pending,
+        JobPhase::Leased,
+        JobPhase::Done,
+        JobPhase::Failed,
+    ] {
+        let n = s.jobs().iter().filter(|j| j.state.phase() == phase).count();
+        jobs.get_or_create(&vec![("state".into(), phase.label().into())])
             .set(n as i64);
     }
     r.register("jobs", "Jobs by state", jobs);

@@ -93,7 +93,10 @@ impl Handle {
 /// the end in a background task.
 pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunError> {
     let out = Store::create(&cfg.plan.out)?;
-    let (journal, seen) = Journal::claim(&out, &cfg.plan, &cfg.id, cfg.owner_lifetime()).await?;
+    let (journal, seen) = retrying("claim the run", journal_trouble, || {
+        Journal::claim(&out, &cfg.plan, &cfg.id, cfg.owner_lifetime())
+    })
+    .await?;
     let (entries, drained) = seen.map(|s| (s.jobs, s.drained)).unwrap_or_default();
     let state = State::new(
         cfg.plan.jobs(),
@@ -111,7 +114,10 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
     }
     let shared = Arc::new(Shared::new(state, cfg.plan.clone(), out, journal));
     // The claim entry: the run is ours from here on.
-    shared.renew(Duration::ZERO, false).await?;
+    retrying("write the claim entry", journal_trouble, || {
+        shared.renew(Duration::ZERO, false)
+    })
+    .await?;
 
     let addr = listener
         .local_addr()
@@ -191,6 +197,37 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
 /// instead of hanging calls until the operating system's TCP timeout.
 pub const KEEPALIVE: Duration = Duration::from_secs(10);
 
+/// Storage trouble that may pass (a refused or missing object will not).
+fn storage_trouble(e: &hbac_common::Error) -> bool {
+    matches!(e, hbac_common::Error::Storage { .. })
+}
+
+fn journal_trouble(e: &JournalError) -> bool {
+    matches!(e, JournalError::Storage(e) if storage_trouble(e))
+}
+
+/// Runs `f` until it succeeds, retrying errors that `transient` accepts a few times with a
+/// growing pause: a store that fails for a moment must not fail a run whose jobs are done.
+async fn retrying<T, E, F, Fut>(what: &str, transient: fn(&E) -> bool, mut f: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = Duration::from_millis(250);
+    for _ in 0..6 {
+        match f().await {
+            Err(e) if transient(&e) => {
+                warn!(error = %e, "could not {what}; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    f().await
+}
+
 /// Applies deadlines and keeps the journal current (at least every third of the owner
 /// lifetime, which renews the claim) until every job is done or the run fails, then aggregates
 /// and releases the run.
@@ -223,9 +260,15 @@ async fn drive(shared: &Arc<Shared>, cfg: &Config) -> Result<Report, RunError> {
     }
     let done = shared.lock().done();
     info!("every job is done; aggregating");
-    let report = aggregate(&shared.plan, &shared.jobs, &done, &shared.out).await?;
+    let report = retrying("aggregate the results", storage_trouble, || {
+        aggregate(&shared.plan, &shared.jobs, &done, &shared.out)
+    })
+    .await?;
     // The results are written: let the run go (a later coordinator claims it at once).
-    shared.renew(Duration::ZERO, true).await?;
+    retrying("release the run", journal_trouble, || {
+        shared.renew(Duration::ZERO, true)
+    })
+    .await?;
     info!(cv = report.cv, "run finished");
     Ok(report)
 }

@@ -151,11 +151,13 @@ impl Shared {
     pub fn status(&self) -> wire::StatusResponse {
         let s = self.lock();
         let now = Instant::now().into_std();
-        let (state, error) = match s.run() {
-            RunState::Running => ("running", String::new()),
-            RunState::Finished if self.cv.get().is_some() => ("finished", String::new()),
-            RunState::Finished => ("aggregating", String::new()),
-            RunState::Failed(e) => ("failed", e.clone()),
+        let (phase, error) = match s.run() {
+            RunState::Running => (wire::RunPhase::Running, String::new()),
+            RunState::Finished if self.cv.get().is_some() => {
+                (wire::RunPhase::Finished, String::new())
+            }
+            RunState::Finished => (wire::RunPhase::Aggregating, String::new()),
+            RunState::Failed(e) => (wire::RunPhase::Failed, e.clone()),
         };
         let jobs = s
             .jobs()
@@ -174,7 +176,7 @@ impl Shared {
                     job_id: j.def.id.clone(),
                     arch: j.def.arch.clone(),
                     fold: j.def.fold as u32,
-                    state: j.state.name().into(),
+                    phase: j.state.phase().into(),
                     worker,
                     attempt: j.attempts,
                     epoch: p.epoch as u32,
@@ -188,7 +190,7 @@ impl Shared {
             })
             .collect();
         wire::StatusResponse {
-            state: state.into(),
+            phase: phase.into(),
             error,
             workers: s.live_workers(now) as u32,
             jobs,

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use hbac_common::proto::wire::JobPhase;
 use hbac_common::records::JobSummary;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -121,12 +122,13 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub fn name(&self) -> &'static str {
+    /// The phase on the wire.
+    pub fn phase(&self) -> JobPhase {
         match self {
-            JobState::Pending => "pending",
-            JobState::Leased(_) => "leased",
-            JobState::Done(_) => "done",
-            JobState::Failed(_) => "failed",
+            JobState::Pending => JobPhase::Pending,
+            JobState::Leased(_) => JobPhase::Leased,
+            JobState::Done(_) => JobPhase::Done,
+            JobState::Failed(_) => JobPhase::Failed,
         }
     }
 }

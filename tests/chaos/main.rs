@@ -1,6 +1,10 @@
 //! Chaos: a real `hbac coordinator` and real `hbac worker` processes on loopback, with seeded,
 //! logged faults — workers SIGKILLed (and replaced), the coordinator SIGKILLed and restarted, a
-//! second coordinator started on the owned run — and a checker:
+//! second coordinator started on the owned run, a TCP proxy per worker that slows, black-holes
+//! and resets its link and loses replies after forwarding the request ([`proxy`]), and a store
+//! under the coordinator that fails writes or commits them and loses the reply, and aborts the
+//! coordinator right after a chosen journal write or in the middle of aggregation
+//! (`HBAC_STORE_FAULTS`, see `hbac_common::storage::faults`) — and a checker:
 //!
 //! * the run finishes, within a bound, with every job accepted exactly once;
 //! * every result seen in the journal during the run is in the final journal unchanged, and the
@@ -13,18 +17,24 @@
 //! re-lease, and the time from a coordinator restart to its first answer. The CI-sized run is
 //! the default; the full-size figures in bench/RESULTS.md come from the same test with
 //! `HBAC_CHAOS_WORKER_KILLS=50 HBAC_CHAOS_COORDINATOR_KILLS=5 HBAC_CHAOS_K=5
-//! HBAC_CHAOS_EPOCHS=60 HBAC_CHAOS_WORKERS=3 cargo test --test chaos -- --nocapture`.
+//! HBAC_CHAOS_EPOCHS=60 HBAC_CHAOS_WORKERS=3 HBAC_CHAOS_NET_FAULTS=40 HBAC_CHAOS_JOURNAL_CRASHES=3
+//! cargo test --test chaos -- --nocapture`.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod proxy;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hbac_common::proto::wire;
+use hbac_common::proto::wire::{self, JobPhase, RunPhase};
 use hbac_coordinator::journal::{self, Snapshot};
 use hbac_coordinator::state::JobResult;
+use proxy::{Proxy, Weather};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -38,9 +48,20 @@ struct Scenario {
     worker_kills: usize,
     coordinator_kills: usize,
     second_coordinator: bool,
+    /// Link faults on the workers' proxies.
+    net_faults: usize,
+    /// Coordinators aborted right after a journal write commits.
+    journal_crashes: usize,
+    /// One coordinator aborted in the middle of aggregation.
+    aggregation_crash: bool,
+    /// Failed and lost-reply writes under the coordinator.
+    store_faults: bool,
     k: usize,
     epochs: usize,
 }
+
+/// The SIGABRT of a coordinator that `HBAC_STORE_FAULTS` crashed.
+const ABORTED: i32 = 6;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -49,8 +70,8 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Starts `hbac ARGS`, its output appended to `log`.
-fn spawn(args: &[String], log: &Path) -> Child {
+/// Starts `hbac ARGS` with `env`, its output appended to `log`.
+fn spawn(args: &[String], env: &[(&str, String)], log: &Path) -> Child {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -60,6 +81,7 @@ fn spawn(args: &[String], log: &Path) -> Child {
         .args(args)
         .env("HBAC_TOKEN", TOKEN)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
@@ -82,18 +104,29 @@ impl Run {
         args
     }
 
-    fn coordinator(&self) -> Child {
+    /// Starts the coordinator; `crash` is the write after which it aborts, if any.
+    fn coordinator(&self, generation: u64, crash: Option<&str>) -> Child {
+        let mut faults = format!("seed={}", self.scenario.seed + generation);
+        if self.scenario.store_faults {
+            faults.push_str(",fail=0.03,lose=0.03");
+        }
+        if let Some(c) = crash {
+            faults.push_str(&format!(",crash={c}"));
+        }
         spawn(
             &self.coordinator_args(self.port),
+            &[("HBAC_STORE_FAULTS", faults)],
             &self.dir.join("coordinator.log"),
         )
     }
 
-    fn worker(&self, id: &str) -> Child {
+    /// Starts worker `id` behind its own proxy.
+    async fn worker(&self, id: &str) -> (String, Child, Arc<Proxy>) {
+        let proxy = Arc::new(Proxy::start(self.port).await);
         let args = [
             "worker",
             "--coordinator",
-            &format!("http://127.0.0.1:{}", self.port),
+            &format!("http://127.0.0.1:{}", proxy.port),
             "--id",
             id,
             "--patience",
@@ -102,8 +135,16 @@ impl Run {
             &format!("{},{}", self.data, self.out.display()),
         ]
         .map(String::from);
-        spawn(&args, &self.dir.join(format!("{id}.log")))
+        let child = spawn(&args, &[], &self.dir.join(format!("{id}.log")));
+        (id.to_string(), child, proxy)
     }
+}
+
+/// The last `n` lines of a log.
+fn tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The run's status, or `None` while the coordinator does not answer.
@@ -128,6 +169,10 @@ struct Outcome {
     /// Seconds from a coordinator restart to its first answer.
     recoveries: Vec<f64>,
     faults: Vec<String>,
+    /// Black holes played (each may cost a lease, hence an epoch).
+    black_holes: i64,
+    /// Replies the proxies dropped after forwarding the request.
+    lost_replies: u64,
 }
 
 /// Epochs each attempt folder trained: its latest saved state minus the state it resumed from.
@@ -190,15 +235,28 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
     let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed);
     let mut o = Outcome::default();
     let start = Instant::now();
-    let mut coordinator = run.coordinator();
-    let mut workers: Vec<(String, Child)> = (0..scenario.workers)
-        .map(|i| {
-            let id = format!("w{i}");
-            (id.clone(), run.worker(&id))
-        })
-        .collect();
+    // Which write the next coordinator aborts after: journal writes first, then aggregation.
+    let (mut journal_crashes, mut aggregation_crash) = (0, !scenario.aggregation_crash);
+    let mut generation = 0;
+    let mut crash_point = |rng: &mut ChaCha8Rng, crashes: usize, aggregated: bool| {
+        generation += 1;
+        let point = if crashes < scenario.journal_crashes {
+            Some(format!("journal/@{}", rng.random_range(2..12)))
+        } else if !aggregated {
+            Some("submission.csv@1".to_string())
+        } else {
+            None
+        };
+        (generation, point)
+    };
+    let (g, mut crash) = crash_point(&mut rng, journal_crashes, aggregation_crash);
+    let mut coordinator = run.coordinator(g, crash.as_deref());
+    let mut workers = Vec::new();
+    for i in 0..scenario.workers {
+        workers.push(run.worker(&format!("w{i}")).await);
+    }
     let mut next_id = scenario.workers;
-    let (mut worker_kills, mut coordinator_kills) = (0, 0);
+    let (mut worker_kills, mut coordinator_kills, mut net_faults) = (0, 0, 0);
     let mut second = scenario.second_coordinator;
     let mut seen = BTreeMap::new();
     // A killed worker's job, the worker, and when: its re-lease is timed.
@@ -212,12 +270,31 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
             o.faults
         );
         if let Some(exit) = coordinator.try_wait().unwrap() {
-            assert!(
-                exit.success(),
-                "the coordinator failed: see {}",
-                dir.display()
-            );
-            break;
+            if exit.success() {
+                break;
+            }
+            // Only the crash it was given may end a coordinator early.
+            let planned = crash.take().filter(|_| exit.signal() == Some(ABORTED));
+            let Some(point) = planned else {
+                panic!(
+                    "the coordinator failed ({exit}); its log ends:\n{}",
+                    tail(&dir.join("coordinator.log"), 40)
+                );
+            };
+            if point.starts_with("journal/") {
+                journal_crashes += 1;
+            } else {
+                aggregation_crash = true;
+            }
+            o.faults.push(format!(
+                "{:.1}s coordinator aborted after write {point}",
+                start.elapsed().as_secs_f64()
+            ));
+            let (g, c) = crash_point(&mut rng, journal_crashes, aggregation_crash);
+            crash = c;
+            coordinator = run.coordinator(g, crash.as_deref());
+            restarted = Some(Instant::now());
+            continue;
         }
         let st = status(run.port).await;
         if let (Some(t), Some(_)) = (restarted, &st) {
@@ -228,7 +305,7 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
             pending.retain(|(job, dead, t)| {
                 let relet = st.jobs.iter().any(|j| {
                     &j.job_id == job
-                        && (j.state == "done" || j.state == "leased")
+                        && matches!(j.phase(), JobPhase::Done | JobPhase::Leased)
                         && !j.worker.is_empty()
                         && &j.worker != dead
                 });
@@ -246,12 +323,57 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
         if coordinator.try_wait().unwrap().is_some() {
             continue;
         }
-        let Some(st) = status(run.port).await.filter(|s| s.state == "running") else {
+        let Some(st) = status(run.port)
+            .await
+            .filter(|s| s.phase() == RunPhase::Running)
+        else {
             continue;
         };
         let left_w = scenario.worker_kills - worker_kills;
         let left_c = scenario.coordinator_kills - coordinator_kills;
-        if second && rng.random_bool(0.3) {
+        let left_n = scenario.net_faults - net_faults;
+        if left_n > 0 && rng.random_range(0..left_w + left_c + left_n) < left_n {
+            net_faults += 1;
+            // A worker that holds a job, if any: its link carries heartbeats and reports.
+            let busy: Vec<usize> = (0..workers.len())
+                .filter(|i| st.jobs.iter().any(|j| j.worker == workers[*i].0))
+                .collect();
+            let i = match busy.is_empty() {
+                true => rng.random_range(0..workers.len()),
+                false => busy[rng.random_range(0..busy.len())],
+            };
+            let (id, _, proxy) = &workers[i];
+            let (weather, ms) = match rng.random_range(0..4) {
+                0 => (
+                    Weather::Slow(Duration::from_millis(rng.random_range(50..300))),
+                    3000,
+                ),
+                1 => {
+                    o.black_holes += 1;
+                    (Weather::BlackHole, rng.random_range(300..1500))
+                }
+                2 => (Weather::LoseReplies, rng.random_range(1000..3000)),
+                _ => (Weather::Clear, 0),
+            };
+            if weather == Weather::Clear {
+                proxy.cut();
+            } else {
+                proxy.set(weather);
+                let p = proxy.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    p.set(Weather::Clear);
+                });
+            }
+            o.faults.push(format!(
+                "{:.1}s link of {id}: {} for {ms} ms",
+                start.elapsed().as_secs_f64(),
+                match weather {
+                    Weather::Clear => "connections reset".to_string(),
+                    w => format!("{w:?}"),
+                }
+            ));
+        } else if second && rng.random_bool(0.3) {
             second = false;
             let out = tokio::task::block_in_place(|| {
                 Command::new(env!("CARGO_BIN_EXE_hbac"))
@@ -276,15 +398,17 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
                 start.elapsed().as_secs_f64()
             ));
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
-            coordinator = run.coordinator();
+            let (g, c) = crash_point(&mut rng, journal_crashes, aggregation_crash);
+            crash = c;
+            coordinator = run.coordinator(g, crash.as_deref());
             restarted = Some(Instant::now());
         } else if left_w > 0 {
             let i = rng.random_range(0..workers.len());
-            let (id, mut child) = workers.swap_remove(i);
+            let (id, mut child, _) = workers.swap_remove(i);
             let held = st
                 .jobs
                 .iter()
-                .find(|j| j.worker == id && j.state == "leased");
+                .find(|j| j.worker == id && j.phase() == JobPhase::Leased);
             let _ = child.kill();
             child.wait().unwrap();
             worker_kills += 1;
@@ -296,21 +420,36 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
             if let Some(j) = held {
                 pending.push((j.job_id.clone(), id.clone(), Instant::now()));
             }
-            let id = format!("w{next_id}");
             next_id += 1;
-            workers.push((id.clone(), run.worker(&id)));
+            workers.push(run.worker(&format!("w{}", next_id - 1)).await);
         }
     }
     o.seconds = start.elapsed().as_secs_f64();
-    for (_, mut w) in workers {
+    for (id, mut w, proxy) in workers {
         // Told the run is over, they exit 0 by themselves.
         let exit = tokio::task::block_in_place(|| w.wait().unwrap());
-        assert!(exit.success(), "a worker failed: see {}", dir.display());
+        assert!(
+            exit.success(),
+            "a worker failed; its log ends:\n{}",
+            tail(&dir.join(format!("{id}.log")), 40)
+        );
+        o.lost_replies += proxy.lost();
     }
     assert_eq!(
-        (worker_kills, coordinator_kills, second),
-        (scenario.worker_kills, scenario.coordinator_kills, false),
+        (worker_kills, coordinator_kills, second, net_faults),
+        (
+            scenario.worker_kills,
+            scenario.coordinator_kills,
+            false,
+            scenario.net_faults
+        ),
         "the run ended before every fault was injected: {:?}",
+        o.faults
+    );
+    assert_eq!(
+        (journal_crashes, aggregation_crash),
+        (scenario.journal_crashes, true),
+        "a planned crash did not happen: {:?}",
         o.faults
     );
     tokio::task::block_in_place(|| check_journal(&run.out, &mut seen));
@@ -364,6 +503,10 @@ async fn a_run_survives_killed_workers_and_coordinators_with_the_same_result() {
         worker_kills: env_or("HBAC_CHAOS_WORKER_KILLS", 3),
         coordinator_kills: env_or("HBAC_CHAOS_COORDINATOR_KILLS", 2),
         second_coordinator: true,
+        net_faults: env_or("HBAC_CHAOS_NET_FAULTS", 8),
+        journal_crashes: env_or("HBAC_CHAOS_JOURNAL_CRASHES", 1),
+        aggregation_crash: true,
+        store_faults: true,
         k: env_or("HBAC_CHAOS_K", 3),
         epochs: env_or("HBAC_CHAOS_EPOCHS", 20),
     };
@@ -372,6 +515,10 @@ async fn a_run_survives_killed_workers_and_coordinators_with_the_same_result() {
         worker_kills: 0,
         coordinator_kills: 0,
         second_coordinator: false,
+        net_faults: 0,
+        journal_crashes: 0,
+        aggregation_crash: false,
+        store_faults: false,
         ..faults.clone()
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -386,7 +533,8 @@ async fn a_run_survives_killed_workers_and_coordinators_with_the_same_result() {
     println!(
         "chaos {faults:?}\n  faults: {:#?}\n  calm run {:.1} s, chaos run {:.1} s; CV {} vs {}\n  \
          repeated epochs {} (of {} needed); kill → re-lease n={} median {:.2} s max {:.2} s; \
-         coordinator restart → answering n={} median {:.2} s max {:.2} s",
+         coordinator restart → answering n={} median {:.2} s max {:.2} s; \
+         replies lost after forwarding {}",
         chaos.faults,
         reference.seconds,
         chaos.seconds,
@@ -400,17 +548,21 @@ async fn a_run_survives_killed_workers_and_coordinators_with_the_same_result() {
         recoveries.len(),
         median(&mut recoveries),
         recoveries.iter().copied().fold(0.0, f64::max),
+        chaos.lost_replies,
     );
     assert_eq!(
         chaos.cv, reference.cv,
         "the same CV as the run without faults"
     );
     assert_eq!(reference.repeated_epochs, 0);
-    // At most the epoch in flight is lost per kill (its state saved but not yet reported).
-    let kills = (faults.worker_kills + faults.coordinator_kills) as i64;
+    // At most the epoch in flight is lost per kill (its state saved but not yet reported), or
+    // per black hole (which may outlast a lease).
+    let kills =
+        (faults.worker_kills + faults.coordinator_kills + faults.journal_crashes + 1) as i64;
     assert!(
-        chaos.repeated_epochs <= kills,
-        "{} completed epochs trained twice for {kills} kills",
-        chaos.repeated_epochs
+        chaos.repeated_epochs <= kills + chaos.black_holes,
+        "{} completed epochs trained twice for {kills} kills and {} black holes",
+        chaos.repeated_epochs,
+        chaos.black_holes
     );
 }

@@ -8,7 +8,13 @@
 //!
 //! Keys below a root are `/`-separated relative paths. Every [`Store::put`] is atomic on every
 //! backend (local files are staged and renamed; object stores publish on completion), so a
-//! crash never leaves a half-written object under its final name.
+//! crash never leaves a half-written object under its final name. Local writes are also
+//! flushed to disk (file and folder `fsync`) before they return, so what a run acknowledged
+//! survives a power cut of its node, as it would on an object store.
+//!
+//! [`faults`] injects write failures, lost replies and crashes (for the chaos harness).
+
+pub mod faults;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,6 +33,7 @@ use object_store::{
 };
 
 use crate::error::{Error, Result};
+use faults::{Fault, Faults};
 
 /// An opened root: a store plus the prefix every key is resolved under.
 #[derive(Clone)]
@@ -34,6 +41,9 @@ pub struct Store {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     root: String,
+    /// The local directory behind `store`, for `fsync` (`None` for object stores).
+    disk: Option<Arc<std::path::PathBuf>>,
+    faults: Option<&'static Faults>,
 }
 
 impl std::fmt::Debug for Store {
@@ -127,6 +137,8 @@ impl Store {
             store,
             prefix,
             root: root.trim_end_matches('/').to_string(),
+            disk: None,
+            faults: Faults::global()?,
         })
     }
 
@@ -150,6 +162,8 @@ impl Store {
             store: self.store.clone(),
             prefix: self.path(key),
             root: self.url(key),
+            disk: self.disk.clone(),
+            faults: self.faults,
         }
     }
 
@@ -188,11 +202,16 @@ impl Store {
     /// Writes a whole object atomically: readers see the old object, nothing, or all of it.
     pub async fn put(&self, key: &str, bytes: impl Into<Bytes>) -> Result<()> {
         let url = self.url(key);
+        let fault = self.faults.and_then(Faults::draw);
+        if fault == Some(Fault::Fail) {
+            return Err(Faults::error(&url, Fault::Fail));
+        }
+        let path = self.path(key);
         self.store
-            .put(&self.path(key), PutPayload::from_bytes(bytes.into()))
+            .put(&path, PutPayload::from_bytes(bytes.into()))
             .await
-            .map(|_| ())
-            .map_err(|e| storage_error(&url, e))
+            .map_err(|e| storage_error(&url, e))?;
+        self.committed(&path, &url, fault).await
     }
 
     /// Writes `key` only if no object has that name yet — a conditional create, atomic on every
@@ -200,15 +219,43 @@ impl Store {
     /// Azure): `Ok(false)` when it exists already. The journal's fencing rests on it.
     pub async fn put_new(&self, key: &str, bytes: impl Into<Bytes>) -> Result<bool> {
         let url = self.url(key);
+        let fault = self.faults.and_then(Faults::draw);
+        if fault == Some(Fault::Fail) {
+            return Err(Faults::error(&url, Fault::Fail));
+        }
+        let path = self.path(key);
         let opts = PutOptions::from(PutMode::Create);
         match self
             .store
-            .put_opts(&self.path(key), PutPayload::from_bytes(bytes.into()), opts)
+            .put_opts(&path, PutPayload::from_bytes(bytes.into()), opts)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => self.committed(&path, &url, fault).await.map(|()| true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(storage_error(&url, e)),
+        }
+    }
+
+    /// After a write of `path` committed: flushes a local file and its folder to disk, then
+    /// plays an injected crash or lost reply.
+    async fn committed(&self, path: &Path, url: &str, fault: Option<Fault>) -> Result<()> {
+        if let Some(dir) = &self.disk {
+            let file = dir.join(path.as_ref());
+            tokio::task::spawn_blocking(move || fsync(&file))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| Error::Storage {
+                    url: url.into(),
+                    detail: format!("written, but flushing it to disk failed: {e}"),
+                })?;
+        }
+        if let Some(f) = self.faults {
+            f.committed(path.as_ref());
+        }
+        match fault {
+            Some(fault) => Err(Faults::error(url, fault)),
+            None => Ok(()),
         }
     }
 
@@ -294,11 +341,26 @@ fn local(path: &str, root: &str, mode: Mode) -> Result<Store> {
     let fs = LocalFileSystem::new_with_prefix(p)
         .map_err(|e| storage_error(root, e))?
         .with_automatic_cleanup(true);
+    let disk = std::fs::canonicalize(p).map_err(|e| Error::Storage {
+        url: root.into(),
+        detail: e.to_string(),
+    })?;
     Ok(Store {
         store: Arc::new(fs),
         prefix: Path::default(),
         root: root.trim_end_matches('/').to_string(),
+        disk: Some(Arc::new(disk)),
+        faults: Faults::global()?,
     })
+}
+
+/// Flushes `file` and the folder that names it to disk.
+fn fsync(file: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    match file.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 fn memory(name: &str) -> Arc<dyn ObjectStore> {
@@ -487,6 +549,24 @@ mod tests {
             assert!(matches!(err, Error::BadUrl { .. }), "{bad}: {err}");
             assert!(err.to_string().contains(bad), "{bad}: {err}");
         }
+    }
+
+    #[tokio::test]
+    async fn injected_faults_fail_before_or_after_the_write_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::create(dir.path().to_str().unwrap()).unwrap();
+        s.faults = Some(Box::leak(Box::new(Faults::parse("fail=1").unwrap())));
+        let e = s.put("a", Bytes::from_static(b"1")).await.unwrap_err();
+        assert!(e.to_string().contains("injected fault"), "{e}");
+        assert!(s.put_new("b", Bytes::from_static(b"1")).await.is_err());
+        s.faults = Some(Box::leak(Box::new(Faults::parse("lose=1").unwrap())));
+        assert!(s.put("a", Bytes::from_static(b"1")).await.is_err());
+        assert!(s.put_new("b", Bytes::from_static(b"2")).await.is_err());
+        s.faults = None;
+        // The failed writes left nothing; the lost ones are there, and a retried create sees it.
+        assert_eq!(s.get("a").await.unwrap(), Bytes::from_static(b"1"));
+        assert_eq!(s.get("b").await.unwrap(), Bytes::from_static(b"2"));
+        assert!(!s.put_new("b", Bytes::from_static(b"3")).await.unwrap());
     }
 
     #[test]
