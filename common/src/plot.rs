@@ -1,15 +1,78 @@
-//! Loss-vs-epoch figures as SVG (the original project's figure), drawn with plotters.
+//! Loss-vs-epoch figures as SVG, drawn with plotters: small multiples (one panel per
+//! architecture, or one for a single job), a colour per fold with validation solid and training
+//! dashed, the best epoch marked, one y scale for every panel, and the legend in its own column
+//! beside the data, never over it. `cv.svg`, each job's `loss.svg`, the dashboard and
+//! `report.html` all draw through [`figure_svg`].
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
-/// One line of a figure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Series {
+use crate::records::EpochReport;
+
+/// One fold's curves in a panel.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Curve {
+    /// What the legend calls it ("fold 0").
     pub label: String,
-    /// `(epoch, loss)` points.
-    pub points: Vec<(f64, f64)>,
-    /// Dashed lines for training curves, solid for validation.
-    pub dashed: bool,
+    /// `(epoch, KL)` on the training batches (drawn dashed).
+    pub train: Vec<(f64, f64)>,
+    /// `(epoch, KL)` on the validation fold (drawn solid).
+    pub valid: Vec<(f64, f64)>,
+    /// The epoch whose weights were kept (marked with a dot on the validation curve).
+    pub best: Option<f64>,
+}
+
+impl Curve {
+    /// A job's curves from its epochs (numbered from 1 on the figure), the best epoch being the
+    /// last one flagged best.
+    pub fn of_history(label: &str, history: &[EpochReport]) -> Curve {
+        let x = |r: &EpochReport| r.epoch as f64 + 1.0;
+        Curve {
+            label: label.into(),
+            train: history.iter().map(|r| (x(r), r.train_kl)).collect(),
+            valid: history
+                .iter()
+                .filter_map(|r| r.valid_kl.map(|v| (x(r), v)))
+                .collect(),
+            best: history.iter().rfind(|r| r.best).map(x),
+        }
+    }
+}
+
+/// One panel: an architecture's folds, or one job.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Panel {
+    pub title: String,
+    pub curves: Vec<Curve>,
+}
+
+/// The run's figure (`cv.svg`): a panel per architecture, in `archs` order, with a curve per
+/// fold of the `(architecture, fold, epochs)` given.
+pub fn cv_svg(archs: &[String], jobs: &[(String, usize, Vec<EpochReport>)]) -> String {
+    let panels: Vec<Panel> = archs
+        .iter()
+        .map(|arch| {
+            let mut folds: Vec<_> = jobs.iter().filter(|j| &j.0 == arch).collect();
+            folds.sort_by_key(|j| j.1);
+            Panel {
+                title: arch.clone(),
+                curves: folds
+                    .iter()
+                    .map(|(_, fold, h)| Curve::of_history(&format!("fold {fold}"), h))
+                    .collect(),
+            }
+        })
+        .collect();
+    figure_svg("KL divergence per epoch, every fold", &panels)
+}
+
+/// A job's figure (`loss.svg`).
+pub fn job_svg(title: &str, fold: usize, history: &[EpochReport]) -> String {
+    let panel = Panel {
+        title: String::new(),
+        curves: vec![Curve::of_history(&format!("fold {fold}"), history)],
+    };
+    figure_svg(title, &[panel])
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -23,70 +86,126 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
-/// Renders `series` as an SVG document titled `title` (KL divergence against epoch).
-pub fn loss_svg(title: &str, series: &[Series]) -> String {
+/// Panel size, and the legend column inside it.
+const PANEL: (u32, u32) = (560, 380);
+const LEGEND: u32 = 130;
+const COLUMNS: usize = 2;
+const TITLE: u32 = 40;
+
+/// Renders `panels` as one SVG document titled `title`: panels in rows of two, sharing the axes'
+/// ranges so that they compare at a glance.
+pub fn figure_svg(title: &str, panels: &[Panel]) -> String {
+    let columns = panels.len().clamp(1, COLUMNS);
+    let rows = panels.len().div_ceil(COLUMNS).max(1);
+    let size = (PANEL.0 * columns as u32, TITLE + PANEL.1 * rows as u32);
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (900, 540)).into_drawing_area();
-        let _ = draw(&root, title, series);
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        let _ = draw(&root, title, panels, (rows, columns));
         let _ = root.present();
     }
     svg
 }
 
+fn finite(points: &[(f64, f64)]) -> impl Iterator<Item = (f64, f64)> + Clone + '_ {
+    points
+        .iter()
+        .copied()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+}
+
 fn draw<DB: DrawingBackend>(
-    root: &DrawingArea<DB, plotters::coord::Shift>,
+    root: &DrawingArea<DB, Shift>,
     title: &str,
-    series: &[Series],
+    panels: &[Panel],
+    (rows, columns): (usize, usize),
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
-    let pts = series
-        .iter()
-        .flat_map(|s| s.points.iter())
-        .filter(|p| p.1.is_finite());
+    let (head, body) = root.split_vertically(TITLE);
+    head.draw(&Text::new(
+        title.to_string(),
+        (12, 10),
+        ("sans-serif", 20).into_font(),
+    ))?;
     let (mut x_max, mut y_max) = (1.0f64, 0.0f64);
-    for &(x, y) in pts {
-        x_max = x_max.max(x);
-        y_max = y_max.max(y);
+    for c in panels.iter().flat_map(|p| &p.curves) {
+        for (x, y) in finite(&c.train).chain(finite(&c.valid)) {
+            x_max = x_max.max(x);
+            y_max = y_max.max(y);
+        }
     }
-    let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..x_max.max(1.0), 0.0..(y_max * 1.05).max(1e-3))?;
+    let y_max = (y_max * 1.05).max(1e-3);
+    let cells = body.split_evenly((rows, columns));
+    for (panel, cell) in panels.iter().zip(&cells) {
+        draw_panel(cell, panel, x_max, y_max)?;
+    }
+    if panels.is_empty() {
+        cells[0].draw(&Text::new(
+            "no epoch yet".to_string(),
+            (20, 20),
+            ("sans-serif", 16).into_font(),
+        ))?;
+    }
+    Ok(())
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    cell: &DrawingArea<DB, Shift>,
+    panel: &Panel,
+    x_max: f64,
+    y_max: f64,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (w, _) = cell.dim_in_pixel();
+    let (data, legend) = cell.split_horizontally(w.saturating_sub(LEGEND));
+    let mut chart = ChartBuilder::on(&data)
+        .caption(&panel.title, ("sans-serif", 16))
+        .margin(8)
+        .x_label_area_size(34)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
     chart
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("KL divergence")
+        .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
-    for (i, s) in series.iter().enumerate() {
-        let color = COLORS[(i / 2) % COLORS.len()];
-        let style = ShapeStyle {
-            color: color.to_rgba(),
-            filled: false,
-            stroke_width: 2,
-        };
-        let points: Vec<(f64, f64)> = s
-            .points
-            .iter()
-            .copied()
-            .filter(|p| p.1.is_finite())
-            .collect();
-        let drawn = if s.dashed {
-            chart.draw_series(DashedLineSeries::new(points, 6, 4, style))?
-        } else {
-            chart.draw_series(LineSeries::new(points, style))?
-        };
-        drawn
-            .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    for (i, c) in panel.curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let style = color.stroke_width(2);
+        chart.draw_series(LineSeries::new(finite(&c.valid), style))?;
+        chart.draw_series(DashedLineSeries::new(finite(&c.train), 6, 4, style))?;
+        if let Some(best) = c.best
+            && let Some(p) = finite(&c.valid).find(|p| p.0 == best)
+        {
+            chart.draw_series(std::iter::once(Circle::new(p, 5, color.filled())))?;
+        }
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    // The legend: one row per fold, then what the line styles mean.
+    let row = |i: usize| 44 + 20 * i as i32;
+    let font = ("sans-serif", 13).into_font();
+    for (i, c) in panel.curves.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        legend.draw(&PathElement::new(
+            vec![(4, row(i)), (26, row(i))],
+            color.stroke_width(3),
+        ))?;
+        legend.draw(&Text::new(c.label.clone(), (32, row(i) - 7), font.clone()))?;
+    }
+    let key = row(panel.curves.len()) + 10;
+    let black = BLACK.stroke_width(2);
+    legend.draw(&PathElement::new(vec![(4, key), (26, key)], black))?;
+    legend.draw(&Text::new("validation", (32, key - 7), font.clone()))?;
+    legend.draw(&PathElement::new(
+        vec![(4, key + 20), (10, key + 20)],
+        black,
+    ))?;
+    legend.draw(&PathElement::new(
+        vec![(16, key + 20), (22, key + 20)],
+        black,
+    ))?;
+    legend.draw(&Text::new("training", (32, key + 13), font.clone()))?;
+    legend.draw(&Circle::new((15, key + 40), 5, BLACK.filled()))?;
+    legend.draw(&Text::new("best epoch", (32, key + 33), font))?;
     Ok(())
 }
 
@@ -94,31 +213,74 @@ fn draw<DB: DrawingBackend>(
 mod tests {
     use super::*;
 
+    fn curve(label: &str, best: f64) -> Curve {
+        Curve {
+            label: label.into(),
+            train: vec![(1.0, 1.3), (2.0, 0.9), (3.0, f64::NAN)],
+            valid: vec![(1.0, 1.2), (2.0, 1.0), (3.0, 1.1)],
+            best: Some(best),
+        }
+    }
+
+    /// The x of every `<text>` element whose content is `t`.
+    fn text_x(svg: &str, t: &str) -> Vec<f64> {
+        svg.split("<text")
+            .skip(1)
+            .filter(|e| {
+                e.split('>')
+                    .nth(1)
+                    .is_some_and(|s| s.trim_start().starts_with(t))
+            })
+            .filter_map(|e| {
+                let x = e.split("x=\"").nth(1)?.split('"').next()?;
+                x.parse().ok()
+            })
+            .collect()
+    }
+
     #[test]
-    fn renders_every_series_with_its_label() {
-        let s = vec![
-            Series {
-                label: "fold 0 train".into(),
-                points: vec![(0.0, 1.3), (1.0, 0.9), (2.0, f64::NAN)],
-                dashed: true,
+    fn small_multiples_have_a_panel_per_architecture_and_the_legend_beside_the_data() {
+        let panels = vec![
+            Panel {
+                title: "mobilenetv3-large".into(),
+                curves: vec![curve("fold 0", 2.0), curve("fold 1", 2.0)],
             },
-            Series {
-                label: "fold 0 valid".into(),
-                points: vec![(0.0, 1.2), (1.0, 1.0)],
-                dashed: false,
+            Panel {
+                title: "efficientnetv2-b2".into(),
+                curves: vec![curve("fold 0", 3.0)],
             },
         ];
-        let svg = loss_svg("mobilenetv3-large", &s);
+        let svg = figure_svg("KL divergence per epoch", &panels);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         for t in [
+            "KL divergence per epoch",
             "mobilenetv3-large",
-            "fold 0 train",
-            "fold 0 valid",
+            "efficientnetv2-b2",
+            "validation",
+            "training",
+            "best epoch",
             "epoch",
-            "KL divergence",
         ] {
-            assert!(svg.contains(t), "{t} missing");
+            assert!(!text_x(&svg, t).is_empty(), "{t} missing");
         }
-        assert!(svg.matches("<polyline").count() >= 2 || svg.matches("<path").count() >= 2);
+        // Legend entries sit right of each panel's data area (the last LEGEND pixels of it).
+        let legend_x = text_x(&svg, "fold 1");
+        assert_eq!(legend_x.len(), 1);
+        assert!(legend_x[0] > (PANEL.0 - LEGEND) as f64, "{legend_x:?}");
+        let second = text_x(&svg, "fold 0");
+        assert_eq!(second.len(), 2, "a legend per panel");
+        assert!(second.iter().any(|x| *x > (2 * PANEL.0 - LEGEND) as f64));
+        // One marker per curve's best epoch, plus the legend's key.
+        assert_eq!(svg.matches("<circle").count(), 3 + 2);
+        // Dashed training lines are drawn as segments, validation as one polyline per curve.
+        assert!(svg.matches("<polyline").count() >= 3);
+    }
+
+    #[test]
+    fn text_is_escaped_and_an_empty_figure_says_so() {
+        let svg = figure_svg("<script>alert(1)</script>", &[]);
+        assert!(!svg.contains("<script>"));
+        assert!(svg.contains("&lt;script&gt;"));
+        assert!(svg.contains("no epoch yet"));
     }
 }

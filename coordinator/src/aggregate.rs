@@ -10,8 +10,8 @@ use hbac_common::error::Location;
 use hbac_common::hms::tables::{self, ProbRow};
 use hbac_common::hms::{N_CLASSES, VOTE_COLUMNS};
 use hbac_common::metric;
-use hbac_common::plot::{Series, loss_svg};
-use hbac_common::records::{self, EpochReport};
+use hbac_common::plot::cv_svg;
+use hbac_common::records;
 use hbac_common::storage::Store;
 use hbac_common::{Error, Result};
 use serde::Serialize;
@@ -180,7 +180,7 @@ pub async fn aggregate(
             .push(fold_kl);
         if let Ok(m) = dir.get(records::METRICS).await {
             let history = records::parse_metrics_jsonl(&m, &dir.url(records::METRICS))?;
-            curves.extend(curves_of(&history, &format!("{} f{}", job.arch, job.fold)));
+            curves.push((job.arch.clone(), job.fold, history));
         }
         lines.push(JobLine {
             job: job.id.clone(),
@@ -273,11 +273,7 @@ pub async fn aggregate(
         out.put("submission.csv", tables::write_prob_csv(&sub, None))
             .await?;
     }
-    out.put(
-        "cv.svg",
-        loss_svg("KL divergence per epoch, every fold", &curves),
-    )
-    .await?;
+    out.put("cv.svg", cv_svg(&archs, &curves)).await?;
     let report = Report {
         cv_by_arch,
         folds_by_arch,
@@ -313,26 +309,6 @@ fn score(pred: &[(i64, [f64; N_CLASSES])], votes: &HashMap<i64, [f64; N_CLASSES]
         })
         .collect();
     metric::kaggle_kl(&solution, "train.csv", &submission, "oof.csv")
-}
-
-/// Train (dashed) and valid curves from a job's epochs.
-fn curves_of(history: &[EpochReport], label: &str) -> Vec<Series> {
-    let epoch = |r: &EpochReport| r.epoch as f64 + 1.0;
-    vec![
-        Series {
-            label: format!("{label} train"),
-            points: history.iter().map(|r| (epoch(r), r.train_kl)).collect(),
-            dashed: true,
-        },
-        Series {
-            label: format!("{label} valid"),
-            points: history
-                .iter()
-                .filter_map(|r| Some((epoch(r), r.valid_kl?)))
-                .collect(),
-            dashed: false,
-        },
-    ]
 }
 
 #[cfg(test)]

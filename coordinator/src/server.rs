@@ -98,13 +98,14 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
     })
     .await?;
     let (entries, drained) = seen.map(|s| (s.jobs, s.drained)).unwrap_or_default();
-    let state = State::new(
+    let mut state = State::new(
         cfg.plan.jobs(),
         &entries,
         drained,
         cfg.settings.clone(),
         Instant::now().into_std(),
     );
+    state.set_generation(journal.generation());
     {
         let c = state.counters();
         let done = state.done().len();

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use hbac_common::proto::wire::coordinator_server::Coordinator;
 use hbac_common::proto::wire::{self, lease_response, report_request};
 use hbac_common::proto::{AUTH_HEADER, PROTOCOL_VERSION, Registration};
-use hbac_common::records::SUMMARY;
+use hbac_common::records::{EpochReport, SUMMARY};
 use hbac_common::storage::Store;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
@@ -357,14 +357,16 @@ impl Coordinator for Service {
             received += 1;
             let mut s = self.0.lock();
             let _ = s.touch(&m.session, now());
-            let p = Progress {
-                epoch: m.epoch as usize,
-                epochs: m.epochs as usize,
-                train_kl: Some(m.train_kl),
+            let r = EpochReport {
+                epoch: (m.epoch as usize).saturating_sub(1),
+                lr: m.lr,
+                train_kl: m.train_kl,
                 valid_kl: m.valid_kl,
                 seconds: m.seconds,
+                samples_per_second: m.samples_per_second,
+                best: m.best,
             };
-            s.epoch(&m.lease_id, p, m.saved);
+            s.epoch(&m.lease_id, &r, m.epochs as usize, m.saved);
         }
         // A saved state is journaled by the run loop's next write (not awaited here: losing
         // it costs at most that epoch).

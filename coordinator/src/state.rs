@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use hbac_common::proto::wire::JobPhase;
-use hbac_common::records::JobSummary;
+use hbac_common::records::{EpochReport, JobSummary};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +71,8 @@ pub struct Progress {
     pub train_kl: Option<f64>,
     pub valid_kl: Option<f64>,
     pub seconds: f64,
+    /// Training throughput of the latest epoch.
+    pub samples_per_second: Option<f64>,
 }
 
 impl Progress {
@@ -84,6 +86,7 @@ impl Progress {
                 train_kl: s.history.last().map(|e| e.train_kl),
                 valid_kl: Some(s.valid_kl),
                 seconds: s.history.iter().map(|e| e.seconds).sum(),
+                samples_per_second: s.history.last().map(|e| e.samples_per_second),
             },
             Err(_) => Progress::default(),
         }
@@ -146,6 +149,9 @@ pub struct Job {
     /// The latest saved training state (the next attempt resumes from it).
     pub saved: Option<Saved>,
     pub state: JobState,
+    /// The epochs reported to this coordinator, over all attempts (a re-run epoch replaces
+    /// the earlier report); not journaled: after a restart it holds the epochs since.
+    pub curve: Vec<EpochReport>,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +239,8 @@ pub struct State {
     version: u64,
     /// Since when no worker has been heard from.
     idle_since: Instant,
+    /// The coordinator generation that owns the run (part of every lease id it grants).
+    generation: u64,
 }
 
 /// `n` random hexadecimal digits (sessions, lease ids, the local run's token).
@@ -244,6 +252,11 @@ pub fn random_hex(n: usize) -> String {
 }
 
 impl State {
+    /// Sets the coordinator generation written into the lease ids granted from now on.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
     /// A run of `jobs`, restored from the journal's `entries` and `drained` workers: finished
     /// jobs stay done, and leases in force are adopted with a fresh expiry.
     pub fn new(
@@ -285,6 +298,7 @@ impl State {
                     disruptions: e.disruptions,
                     saved: e.saved,
                     state,
+                    curve: Vec::new(),
                 }
             })
             .collect();
@@ -297,6 +311,7 @@ impl State {
             counters,
             version: 0,
             idle_since: now,
+            generation: 0,
         };
         if let Some(why) = s.jobs.iter().find_map(|j| match &j.state {
             JobState::Failed(why) => Some(why.clone()),
@@ -478,7 +493,13 @@ impl State {
         };
         let job = &mut self.jobs[index];
         job.attempts += 1;
-        let lease_id = format!("{}-a{}-{}", job.def.id, job.attempts, random_hex(6));
+        let lease_id = format!(
+            "{}-g{}-a{}-{}",
+            job.def.id,
+            self.generation,
+            job.attempts,
+            random_hex(6)
+        );
         job.state = JobState::Leased(Lease {
             id: lease_id.clone(),
             session: Some(session.to_string()),
@@ -568,18 +589,27 @@ impl State {
         Ok(())
     }
 
-    /// Records one epoch of a leased job (`p.seconds` is that epoch's time; the lease keeps
-    /// the running total for the ETA); `saved`: the attempt saved its training state after
+    /// Records epoch `r` (of `epochs`) of a leased job (the lease keeps the total of the epoch
+    /// times for the ETA, the job its curve); `saved`: the attempt saved its training state after
     /// this epoch. False if the lease is not current.
-    pub fn epoch(&mut self, lease_id: &str, p: Progress, saved: bool) -> bool {
+    pub fn epoch(&mut self, lease_id: &str, r: &EpochReport, epochs: usize, saved: bool) -> bool {
         let Some((index, l)) = self.leased(lease_id) else {
             return false;
         };
-        let seconds = l.progress.seconds + p.seconds;
-        let epochs = p.epoch;
-        l.progress = Progress { seconds, ..p };
+        let done = r.epoch + 1;
+        l.progress = Progress {
+            epoch: done,
+            epochs,
+            train_kl: Some(r.train_kl),
+            valid_kl: r.valid_kl,
+            seconds: l.progress.seconds + r.seconds,
+            samples_per_second: Some(r.samples_per_second),
+        };
+        let epochs = done;
         self.counters.epochs += 1;
         let job = &mut self.jobs[index];
+        job.curve.retain(|e| e.epoch < r.epoch);
+        job.curve.push(r.clone());
         if saved && job.saved.as_ref().is_none_or(|s| s.epochs < epochs) {
             job.saved = Some(Saved {
                 lease_id: lease_id.to_string(),
@@ -855,6 +885,16 @@ mod tests {
     }
 
     #[test]
+    fn lease_ids_carry_the_owner_generation() {
+        let t0 = Instant::now();
+        let mut s = fresh(2, t0);
+        s.set_generation(7);
+        let w = s.register("w", 1, "cpu", t0);
+        let g = granted(s.lease(&w, 0, t0).unwrap());
+        assert!(g.lease_id.contains("-g7-a1-"), "{}", g.lease_id);
+    }
+
+    #[test]
     fn every_job_is_leased_once_then_workers_wait_then_stop() {
         let t0 = Instant::now();
         let mut s = fresh(2, t0);
@@ -1028,12 +1068,16 @@ mod tests {
         let done = granted(s.lease(&w, 0, t0).unwrap());
         s.complete(&done.lease_id, result()).unwrap();
         let running = granted(s.lease(&w, 0, t0).unwrap());
-        let epoch = |e| Progress {
-            epoch: e,
-            epochs: 5,
-            ..Progress::default()
+        let epoch = |e: usize| EpochReport {
+            epoch: e - 1,
+            lr: 1e-3,
+            train_kl: 1.0,
+            valid_kl: Some(1.0),
+            seconds: 1.0,
+            samples_per_second: 10.0,
+            best: true,
         };
-        assert!(s.epoch(&running.lease_id, epoch(2), true));
+        assert!(s.epoch(&running.lease_id, &epoch(2), 5, true));
         let t1 = t0 + Duration::from_secs(60);
         let mut r = restart(&s, 3, t1);
         assert_eq!(r.counters().adopted, 1);
@@ -1042,14 +1086,14 @@ mod tests {
         r.heartbeat(&w, &running.lease_id, (2, 1), t1).unwrap();
         assert_eq!(r.live_workers(t1), 1);
         // Its epochs and its result are accepted from the adopted lease.
-        assert!(r.epoch(&running.lease_id, epoch(3), true));
+        assert!(r.epoch(&running.lease_id, &epoch(3), 5, true));
         r.complete(&running.lease_id, result()).unwrap();
         assert!(matches!(&r.jobs()[1].state, JobState::Done(d) if d.attempt == 1));
         // The third job was never leased: attempt 1 here, not attempt 0 or 2.
         let next = granted(r.lease(&w, 1, t1).unwrap());
         assert_eq!((next.job, next.attempt), (2, 1));
         // A job whose worker died after saving state resumes from it on its next attempt.
-        r.epoch(&next.lease_id, epoch(4), true);
+        r.epoch(&next.lease_id, &epoch(4), 5, true);
         let t2 = t1 + Duration::from_secs(11);
         r.tick(t2);
         let w2 = r.register("w2", 1, "cpu", t2);

@@ -404,7 +404,8 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
             restarted = Some(Instant::now());
         } else if left_w > 0 {
             let i = rng.random_range(0..workers.len());
-            let (id, mut child, _) = workers.swap_remove(i);
+            let (id, mut child, proxy) = workers.swap_remove(i);
+            o.lost_replies += proxy.lost();
             let held = st
                 .jobs
                 .iter()

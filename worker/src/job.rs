@@ -16,7 +16,7 @@ use hbac_common::hms::spectrogram::WINDOW;
 use hbac_common::hms::tables::{self, ProbRow};
 use hbac_common::hms::{Class, N_CLASSES};
 use hbac_common::metric;
-use hbac_common::plot::{Series, loss_svg};
+use hbac_common::plot::job_svg;
 use hbac_common::prepare::{self, Cache, Split};
 use hbac_common::preprocess::{self, LabelMode, Sample, SampleSelection};
 use hbac_common::records;
@@ -111,27 +111,6 @@ async fn load_set(
             .map(|(id, (_, spec))| (id, spec))
             .collect(),
     })
-}
-
-/// The job's loss figure.
-pub fn loss_figure(title: &str, history: &[EpochReport]) -> String {
-    let train = Series {
-        label: "train".into(),
-        points: history
-            .iter()
-            .map(|r| (r.epoch as f64, r.train_kl))
-            .collect(),
-        dashed: true,
-    };
-    let valid = Series {
-        label: "valid".into(),
-        points: history
-            .iter()
-            .filter_map(|r| r.valid_kl.map(|v| (r.epoch as f64, v)))
-            .collect(),
-        dashed: false,
-    };
-    loss_svg(title, &[train, valid])
 }
 
 /// Prediction rows keyed by `key` (`label_id` for scoring, `eeg_id` for Kaggle files).
@@ -372,7 +351,7 @@ pub async fn run<B: TrainBackend>(
 
     let title = format!("{} fold {}", spec.train.model.arch, spec.fold);
     spec.out
-        .put(records::LOSS, loss_figure(&title, &trained.history))
+        .put(records::LOSS, job_svg(&title, spec.fold, &trained.history))
         .await?;
     let summary = JobSummary {
         best_epoch: trained.best_epoch,

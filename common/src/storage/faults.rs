@@ -1,4 +1,4 @@
-//! Injected storage faults, for the chaos harness (`tests/chaos.rs`) and for anyone who wants to
+//! Injected storage faults, for the chaos harness (`tests/chaos/`) and for anyone who wants to
 //! see how a deployment copes with a flaky store. Off unless `HBAC_STORE_FAULTS` is set; it
 //! acts on writes ([`Store::put`](super::Store::put) and [`Store::put_new`](super::Store::put_new)):
 //!
