@@ -54,6 +54,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Drain a worker: it finishes the jobs it holds, takes no new one, and exits with code 3.
     Drain(DrainArgs),
+    /// Write a run's dashboard as one self-contained report.html (any storage, no server).
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,9 +341,25 @@ pub struct ScheduleArgs {
     /// Fail the run when no worker has been connected for this many seconds.
     #[arg(long, default_value_t = 300.0)]
     pub worker_grace: f64,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the live dashboard at http://ADDR/, its JSON at /api/run and Prometheus metrics
+    /// at /metrics [default: 127.0.0.1:8470, or any free port if that one is taken].
+    #[arg(long = "http", alias = "metrics-addr", env = "HBAC_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
+    /// The token the dashboard and its API ask for (`hbac coordinator`: the worker token by
+    /// default; `hbac local`: none). /metrics stays open for Prometheus.
+    #[arg(long, env = "HBAC_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
+}
+
+impl ScheduleArgs {
+    /// Where and how to serve the dashboard; `token` is the default dashboard token.
+    pub fn http(&self, token: Option<String>) -> hbac_coordinator::http::HttpConfig {
+        hbac_coordinator::http::HttpConfig {
+            addr: self.http.unwrap_or(hbac_coordinator::http::DEFAULT_ADDR),
+            fallback: self.http.is_none(),
+            token: self.http_token.clone().or(token),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -453,6 +471,12 @@ pub struct LocalArgs {
     /// Files read or converted at once.
     #[arg(long, default_value_t = default_jobs())]
     pub jobs: usize,
+    /// Keep serving the dashboard after the run ends, until Ctrl-C.
+    #[arg(long)]
+    pub serve: bool,
+    /// The in-process workers' name in logs, status and the dashboard; each gets -N appended.
+    #[arg(long = "worker-id", default_value = "local", env = "HBAC_WORKER_ID")]
+    pub worker_id: String,
 }
 
 /// How an operator's command (`status`, `drain`) reaches a coordinator.
@@ -528,6 +552,15 @@ pub struct StatusArgs {
     /// Print the status as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run's output root (a path or URL, as given to --out).
+    pub run: String,
+    /// Where to write the page [default: report.html in the run's output root].
+    #[arg(long)]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]

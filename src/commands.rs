@@ -31,6 +31,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Worker(a) => crate::runner::worker(*a).await,
         Command::Status(a) => crate::runner::status(a).await,
         Command::Drain(a) => crate::runner::drain(a).await,
+        Command::Report(a) => crate::runner::report(a).await,
     }
 }
 

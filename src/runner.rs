@@ -23,8 +23,8 @@ use tracing::info;
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    AdminArgs, ClientTlsArgs, CoordinatorArgs, DrainArgs, LocalArgs, RecipeArgs, ScheduleArgs,
-    StatusArgs, TokenArgs, WorkerArgs,
+    AdminArgs, ClientTlsArgs, CoordinatorArgs, DrainArgs, LocalArgs, RecipeArgs, ReportArgs,
+    ScheduleArgs, StatusArgs, TokenArgs, WorkerArgs,
 };
 
 fn secs(s: f64, flag: &str) -> Result<Duration> {
@@ -288,9 +288,9 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
         Config {
             plan,
             settings: a.schedule.settings()?,
+            http: Some(a.schedule.http(Some(token.clone()))),
             token,
             tls,
-            metrics_addr: a.schedule.metrics_addr,
             linger: secs(a.linger, "linger")?,
             id: a.schedule.coordinator_id(),
         },
@@ -302,8 +302,8 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
         handle.addr,
         handle.shared.jobs.len()
     );
-    if let Some(m) = handle.metrics_addr {
-        println!("metrics on http://{m}/metrics");
+    if let Some(h) = handle.http_addr {
+        println!("dashboard on http://{h}/ (metrics at /metrics)");
     }
     let shared = handle.shared.clone();
     let view = progress_view(move || shared.status());
@@ -396,7 +396,7 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
             settings: a.schedule.settings()?,
             token: token.clone(),
             tls: None,
-            metrics_addr: a.schedule.metrics_addr,
+            http: Some(a.schedule.http(None)),
             linger: Duration::from_secs(2),
             id: a.schedule.coordinator_id(),
         },
@@ -417,7 +417,7 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
             let opts = WorkerOptions {
                 coordinator: format!("http://{}", handle.addr),
                 token: token.clone(),
-                worker_id: format!("local-{i}"),
+                worker_id: format!("{}-{i}", a.worker_id),
                 slots: 1,
                 backend: backend(a.device),
                 tls: None,
@@ -427,6 +427,10 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
             tokio::spawn(client::run(opts, exec.clone(), shutdown.clone()))
         })
         .collect();
+    if let Some(h) = handle.http_addr {
+        println!("dashboard: http://{h}/");
+    }
+    let http_addr = handle.http_addr;
     let shared = handle.shared.clone();
     let view = progress_view(move || shared.status());
     let result = finish(handle, &out_root).await;
@@ -434,7 +438,19 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
     for w in workers {
         let _ = w.await;
     }
+    if let (true, Some(h)) = (a.serve, http_addr) {
+        println!("serving the dashboard on http://{h}/ until Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     result
+}
+
+/// `hbac report`.
+pub async fn report(a: ReportArgs) -> Result<()> {
+    let out = Store::open(&a.run)?;
+    let at = hbac_coordinator::report::write(&out, a.to.as_deref()).await?;
+    println!("wrote {at}");
+    Ok(())
 }
 
 /// Endings that are not plain errors: `main` exits with their own code, so that a scheduler

@@ -83,7 +83,7 @@ async fn start(plan: Plan, settings: Settings) -> Handle {
             settings,
             token: TOKEN.into(),
             tls: None,
-            metrics_addr: None,
+            http: None,
             linger: Duration::from_millis(1500),
             id: "test-coordinator".into(),
         },
@@ -571,7 +571,7 @@ async fn mutual_tls_runs_the_job_and_refuses_clients_without_a_trusted_certifica
                     .identity(Identity::from_pem(&good.server.0, &good.server.1))
                     .client_ca_root(Certificate::from_pem(&good.ca)),
             ),
-            metrics_addr: None,
+            http: None,
             linger: Duration::from_millis(1500),
             id: "test-coordinator".into(),
         },
@@ -785,7 +785,7 @@ async fn hbac_status_reaches_a_mutual_tls_coordinator_with_its_certificate() {
                     .identity(Identity::from_pem(&pki.server.0, &pki.server.1))
                     .client_ca_root(Certificate::from_pem(&pki.ca)),
             ),
-            metrics_addr: None,
+            http: None,
             linger: Duration::from_millis(100),
             id: "test-coordinator".into(),
         },

@@ -208,7 +208,7 @@ fn check_overlay(docs: &[Value], gpu: bool) {
         coord.listen.ip().is_unspecified(),
         "pods must listen beyond loopback"
     );
-    assert_eq!(coord.schedule.metrics_addr.unwrap().port() as i64, metrics);
+    assert_eq!(coord.schedule.http.unwrap().port() as i64, metrics);
     let token_dir = mount_of(pod, c, "hbac-token");
     assert_eq!(
         coord.token.token_file.as_deref(),

@@ -127,17 +127,25 @@ fn draw<DB: DrawingBackend>(
         (12, 10),
         ("sans-serif", 20).into_font(),
     ))?;
-    let (mut x_max, mut y_max) = (1.0f64, 0.0f64);
+    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for c in panels.iter().flat_map(|p| &p.curves) {
         for (x, y) in finite(&c.train).chain(finite(&c.valid)) {
             x_max = x_max.max(x);
+            y_min = y_min.min(y);
             y_max = y_max.max(y);
         }
     }
-    let y_max = (y_max * 1.05).max(1e-3);
+    // The data's own range (KL curves sit far from 0), with a margin.
+    let (y_min, y_max) = match y_min <= y_max {
+        true => {
+            let pad = ((y_max - y_min) * 0.08).max(1e-3);
+            ((y_min - pad).max(0.0), y_max + pad)
+        }
+        false => (0.0, 1.0),
+    };
     let cells = body.split_evenly((rows, columns));
     for (panel, cell) in panels.iter().zip(&cells) {
-        draw_panel(cell, panel, x_max, y_max)?;
+        draw_panel(cell, panel, x_max, (y_min, y_max))?;
     }
     if panels.is_empty() {
         cells[0].draw(&Text::new(
@@ -153,7 +161,7 @@ fn draw_panel<DB: DrawingBackend>(
     cell: &DrawingArea<DB, Shift>,
     panel: &Panel,
     x_max: f64,
-    y_max: f64,
+    (y_min, y_max): (f64, f64),
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let (w, _) = cell.dim_in_pixel();
     let (data, legend) = cell.split_horizontally(w.saturating_sub(LEGEND));
@@ -162,9 +170,12 @@ fn draw_panel<DB: DrawingBackend>(
         .margin(8)
         .x_label_area_size(34)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        .build_cartesian_2d(0.0..x_max, y_min..y_max)?;
     chart
         .configure_mesh()
+        .x_labels((x_max as usize + 1).min(11))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.2}"))
         .x_desc("epoch")
         .y_desc("KL divergence")
         .light_line_style(RGBColor(235, 235, 235))

@@ -34,6 +34,19 @@ impl wire::RunPhase {
             wire::RunPhase::Failed => "failed",
         }
     }
+
+    /// The phase of a [`label`](Self::label).
+    pub fn from_label(label: &str) -> Option<Self> {
+        [
+            Self::Running,
+            Self::Aggregating,
+            Self::Finished,
+            Self::Failed,
+            Self::Unspecified,
+        ]
+        .into_iter()
+        .find(|p| p.label() == label)
+    }
 }
 
 impl wire::JobPhase {
@@ -46,6 +59,19 @@ impl wire::JobPhase {
             wire::JobPhase::Done => "done",
             wire::JobPhase::Failed => "failed",
         }
+    }
+
+    /// The phase of a [`label`](Self::label).
+    pub fn from_label(label: &str) -> Option<Self> {
+        [
+            Self::Pending,
+            Self::Leased,
+            Self::Done,
+            Self::Failed,
+            Self::Unspecified,
+        ]
+        .into_iter()
+        .find(|p| p.label() == label)
     }
 }
 

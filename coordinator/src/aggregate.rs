@@ -11,10 +11,10 @@ use hbac_common::hms::tables::{self, ProbRow};
 use hbac_common::hms::{N_CLASSES, VOTE_COLUMNS};
 use hbac_common::metric;
 use hbac_common::plot::cv_svg;
-use hbac_common::records;
+use hbac_common::records::{self, JobSummary};
 use hbac_common::storage::Store;
 use hbac_common::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
 use crate::state::{JobDef, JobResult};
@@ -23,7 +23,7 @@ use crate::state::{JobDef, JobResult};
 const WEIGHT_STEP: f64 = 0.05;
 
 /// `report.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Kaggle KL of every out-of-fold prediction of each architecture.
     pub cv_by_arch: BTreeMap<String, f64>,
@@ -40,7 +40,7 @@ pub struct Report {
     pub jobs: Vec<JobLine>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobLine {
     pub job: String,
     pub arch: String,
@@ -49,6 +49,10 @@ pub struct JobLine {
     pub attempt: u32,
     pub out: String,
     pub oof_kl: f64,
+    /// Kaggle KL of predicting the training folds' mean target on this fold: the baseline a
+    /// model must beat (absent from reports of older hbac versions).
+    #[serde(default)]
+    pub prior_kl: Option<f64>,
 }
 
 /// Out-of-fold predictions of one job, keyed by `label_id`, with the fold.
@@ -190,6 +194,9 @@ pub async fn aggregate(
             attempt: r.attempt,
             out: r.out_url.clone(),
             oof_kl: fold_kl,
+            prior_kl: JobSummary::parse(r.summary_json.as_bytes(), &dir.url(records::SUMMARY))
+                .ok()
+                .map(|s| s.prior_kaggle_kl),
         });
     }
 

@@ -7,13 +7,19 @@
 //! * [`journal`] — the run's durable state in object storage and its single owner (fencing);
 //! * [`state`] — the scheduling rules, free of I/O;
 //! * [`service`] — the gRPC service over the state;
-//! * [`server`] — starting and driving a run; [`metrics`] — `/metrics`;
+//! * [`server`] — starting and driving a run;
+//! * [`view`] — the run as people look at it (one JSON document);
+//! * [`http`] — the dashboard, `/api/run`, the figures, the run's files and [`metrics`]
+//!   (Prometheus), on one HTTP port; [`report`] — the same page frozen into `report.html`;
 //! * [`aggregate`] — CV score, ensemble, `submission.csv`, `report.json`, `cv.svg`.
 
 pub mod aggregate;
+pub mod http;
 pub mod journal;
 pub mod metrics;
 pub mod plan;
+pub mod report;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod view;

@@ -1,9 +1,6 @@
 //! Prometheus metrics at `/metrics`: jobs by state, live workers, leases, lease expiries, job
 //! timeouts, retries, epochs, late results, and each leased job's latest losses.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use hbac_common::proto::wire::JobPhase;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
@@ -11,7 +8,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::server::RunError;
 use crate::service::Shared;
 use crate::state::JobState;
 
@@ -105,25 +101,4 @@ pub fn render(shared: &Shared) -> String {
     let mut text = String::new();
     let _ = encode(&mut text, &r);
     text
-}
-
-/// Serves `/metrics` on `addr`; returns the bound address.
-pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, RunError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| RunError::Transport(format!("metrics address {addr}: {e}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| RunError::Transport(e.to_string()))?;
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let shared = shared.clone();
-            async move { render(&shared) }
-        }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(bound)
 }

@@ -1,6 +1,6 @@
 //! Running a coordinator: claim the run's journal (waiting out a previous owner that may still
 //! be alive), resume its state, serve gRPC (the service, health, reflection; token-checked,
-//! optional TLS / mutual TLS, HTTP/2 keep-alives) and Prometheus metrics, apply the deadlines,
+//! optional TLS / mutual TLS, HTTP/2 keep-alives) and the HTTP port (dashboard, API, Prometheus metrics), apply the deadlines,
 //! renew the claim, and aggregate when every job is done. A coordinator replaced by a newer
 //! one stops leasing and exits with [`RunError::Fenced`].
 
@@ -19,8 +19,8 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 
 use crate::aggregate::{Report, aggregate};
+use crate::http::{self, HttpConfig};
 use crate::journal::{Journal, JournalError};
-use crate::metrics;
 use crate::plan::Plan;
 use crate::service::{Service, Shared, check_token, tick_period};
 use crate::state::{RunState, Settings, State};
@@ -46,8 +46,8 @@ pub struct Config {
     /// The shared worker token.
     pub token: String,
     pub tls: Option<ServerTlsConfig>,
-    /// Serve Prometheus metrics at `http://ADDR/metrics`.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Serve the dashboard, its API and Prometheus metrics ([`http`]).
+    pub http: Option<HttpConfig>,
     /// How long to keep answering "stop" to workers after the run ends.
     pub linger: Duration,
     /// This coordinator's id in the journal (who owns the run).
@@ -66,8 +66,8 @@ impl Config {
 pub struct Handle {
     /// Where it listens for gRPC.
     pub addr: SocketAddr,
-    /// Where it serves metrics, if asked to.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Where it serves the dashboard and metrics, if asked to.
+    pub http_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     task: JoinHandle<Result<Report, RunError>>,
     serving: tokio::task::AbortHandle,
@@ -123,8 +123,8 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::Transport(e.to_string()))?;
-    let metrics_addr = match cfg.metrics_addr {
-        Some(a) => Some(metrics::serve(a, shared.clone()).await?),
+    let http_addr = match &cfg.http {
+        Some(h) => Some(http::serve(h, shared.clone()).await?),
         None => None,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -163,7 +163,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
         let result = drive(&run, &cfg).await;
         match &result {
             Ok(report) => {
-                let _ = run.cv.set(report.cv);
+                let _ = run.report.set(report.clone());
             }
             Err(e @ RunError::Journal(JournalError::Fenced { .. })) => {
                 // Not a failed run: another coordinator runs it now. Close at once, so the
@@ -187,7 +187,7 @@ pub async fn start(cfg: Config, listener: TcpListener) -> Result<Handle, RunErro
     });
     Ok(Handle {
         addr,
-        metrics_addr,
+        http_addr,
         shared,
         task,
         serving: serving_abort,

@@ -19,11 +19,11 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::aggregate::Report;
 use crate::journal::{Journal, JournalError};
 use crate::plan::Plan;
-use crate::state::{
-    Ending, JobDef, JobResult, JobState, LeaseOutcome, Progress, Refusal, RunState, State,
-};
+use crate::state::{Ending, JobDef, JobResult, LeaseOutcome, Refusal, State};
+use crate::view::RunView;
 
 /// What the service and the run loop share.
 pub struct Shared {
@@ -38,9 +38,9 @@ pub struct Shared {
     pub fenced: std::sync::OnceLock<String>,
     /// Woken whenever a job ends or the run state changes.
     pub changed: tokio::sync::Notify,
-    /// The run's CV score, set once the results are written: until then a run whose jobs are
-    /// all done is "aggregating", not "finished".
-    pub cv: std::sync::OnceLock<f64>,
+    /// The run's results, set once they are written: until then a run whose jobs are all done
+    /// is "aggregating", not "finished".
+    pub report: std::sync::OnceLock<Report>,
 }
 
 struct Committed {
@@ -64,7 +64,7 @@ impl Shared {
             }),
             fenced: std::sync::OnceLock::new(),
             changed: tokio::sync::Notify::new(),
-            cv: std::sync::OnceLock::new(),
+            report: std::sync::OnceLock::new(),
         }
     }
 
@@ -147,55 +147,47 @@ impl Shared {
         }
     }
 
-    /// The run as `hbac status` and the progress view show it.
-    pub fn status(&self) -> wire::StatusResponse {
+    /// The run as people look at it (the dashboard, `/api/run`).
+    pub fn view(&self) -> RunView {
         let s = self.lock();
-        let now = Instant::now().into_std();
-        let (phase, error) = match s.run() {
-            RunState::Running => (wire::RunPhase::Running, String::new()),
-            RunState::Finished if self.cv.get().is_some() => {
-                (wire::RunPhase::Finished, String::new())
-            }
-            RunState::Finished => (wire::RunPhase::Aggregating, String::new()),
-            RunState::Failed(e) => (wire::RunPhase::Failed, e.clone()),
-        };
-        let jobs = s
-            .jobs()
-            .iter()
-            .map(|j| {
-                let (worker, mut p) = match &j.state {
-                    JobState::Leased(l) => (l.worker.clone(), l.progress.clone()),
-                    JobState::Done(r) => (r.worker.clone(), Progress::of_result(r)),
-                    _ => (String::new(), Progress::default()),
-                };
-                if p.epochs == 0 {
-                    // Not started (or no epoch reported yet): the planned number of epochs.
-                    p.epochs = self.plan.epochs(&j.def.arch).unwrap_or(0);
-                }
-                wire::JobStatus {
-                    job_id: j.def.id.clone(),
-                    arch: j.def.arch.clone(),
-                    fold: j.def.fold as u32,
-                    phase: j.state.phase().into(),
-                    worker,
-                    attempt: j.attempts,
-                    epoch: p.epoch as u32,
-                    epochs: p.epochs as u32,
-                    train_kl: p.train_kl,
-                    valid_kl: p.valid_kl,
-                    eta_s: matches!(j.state, JobState::Leased(_))
-                        .then(|| p.eta())
-                        .flatten(),
-                }
-            })
-            .collect();
+        RunView::of(
+            &s,
+            &self.plan,
+            self.out.root(),
+            self.report.get(),
+            Instant::now().into_std(),
+        )
+    }
+
+    /// The run as `hbac status` and the progress view show it: [`Shared::view`] on the wire.
+    pub fn status(&self) -> wire::StatusResponse {
+        let v = self.view();
         wire::StatusResponse {
-            phase: phase.into(),
-            error,
-            workers: s.live_workers(now) as u32,
-            jobs,
-            out_url: self.out.root().to_string(),
-            cv_kl: self.cv.get().copied(),
+            phase: v.phase.into(),
+            error: v.error.clone().unwrap_or_default(),
+            workers: {
+                let s = self.lock();
+                s.live_workers(Instant::now().into_std()) as u32
+            },
+            out_url: v.out.clone(),
+            cv_kl: v.results.as_ref().map(|r| r.cv),
+            jobs: v
+                .jobs
+                .into_iter()
+                .map(|j| wire::JobStatus {
+                    phase: j.phase.into(),
+                    job_id: j.id,
+                    arch: j.arch,
+                    fold: j.fold as u32,
+                    worker: j.worker,
+                    attempt: j.attempt,
+                    epoch: j.epoch as u32,
+                    epochs: j.epochs as u32,
+                    train_kl: j.train_kl,
+                    valid_kl: j.valid_kl,
+                    eta_s: j.eta_s,
+                })
+                .collect(),
         }
     }
 }
@@ -217,7 +209,7 @@ fn unavailable(e: JournalError) -> Status {
 /// Compares `given` with `expected` in a time that depends on neither the given token nor how
 /// much of it matches: no early exit, and the loop runs over the expected length whatever the
 /// given one is, so a wrong token reveals neither a prefix nor the length.
-fn same(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn same(given: &[u8], expected: &[u8]) -> bool {
     let diff = (0..expected.len()).fold(given.len() ^ expected.len(), |acc, i| {
         acc | usize::from(given.get(i).copied().unwrap_or(0) ^ expected[i])
     });

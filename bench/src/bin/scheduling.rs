@@ -81,7 +81,7 @@ async fn coordinator(jobs: usize, dir: &std::path::Path) -> Handle {
             },
             token: TOKEN.into(),
             tls: None,
-            metrics_addr: None,
+            http: None,
             linger: Duration::from_secs(2),
             id: "bench".into(),
         },

@@ -1,0 +1,314 @@
+//! The run as people look at it: one JSON document, [`RunView`], built from a coordinator's
+//! state. It is what `GET /api/run` answers, what the dashboard draws, what `hbac status` prints
+//! (through the gRPC status, which is made from it) and what `hbac report` freezes into
+//! `report.html`; live, the state is the coordinator's, and for a finished run it is restored
+//! from the journal exactly as a restarted coordinator would.
+//!
+//! The format (`"format": 1`) only grows: fields are added, never renamed or removed.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hbac_common::proto::wire::{JobPhase, RunPhase};
+use hbac_common::records::{self, EpochReport, JobSummary};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Report;
+use crate::plan::Plan;
+use crate::state::{Job, JobState, Progress, State};
+
+/// The version of the JSON layout.
+pub const FORMAT: u32 = 1;
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunView {
+    pub format: u32,
+    /// `running`, `aggregating`, `finished` or `failed`.
+    #[serde(with = "label::run")]
+    pub phase: RunPhase,
+    /// Why the run failed.
+    pub error: Option<String>,
+    /// The output root.
+    pub out: String,
+    /// Epochs trained so far (every job's), and in all.
+    pub epochs_done: usize,
+    pub epochs_total: usize,
+    /// Seconds until every job is done: the epochs left at the mean epoch time so far, spread
+    /// over the workers that can run them. `None` before the first epoch.
+    pub eta_s: Option<f64>,
+    pub jobs: Vec<JobView>,
+    pub workers: Vec<WorkerView>,
+    /// The run's results (`report.json`) once it is finished.
+    pub results: Option<Report>,
+    /// The run's own files (relative to `out`), once written.
+    pub files: Vec<String>,
+}
+
+/// One (architecture, fold) job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub arch: String,
+    pub fold: usize,
+    /// `pending`, `leased`, `done` or `failed`.
+    #[serde(with = "label::job")]
+    pub phase: JobPhase,
+    /// The worker holding it, or the one whose result was accepted.
+    pub worker: String,
+    /// Attempts so far.
+    pub attempt: u32,
+    /// Epochs done, of `epochs`.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// The latest epoch's training KL and the validation KL (for a finished job: the kept,
+    /// best epoch's).
+    pub train_kl: Option<f64>,
+    pub valid_kl: Option<f64>,
+    pub samples_per_second: Option<f64>,
+    pub eta_s: Option<f64>,
+    /// Every epoch known here, in order.
+    pub curve: Vec<EpochReport>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The accepted attempt's folder (relative to `out`) and the files in it.
+    pub folder: Option<String>,
+    pub files: Vec<String>,
+}
+
+/// A worker registered with this coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    pub id: String,
+    pub backend: String,
+    pub gpus: u32,
+    /// Jobs it holds now.
+    pub jobs: usize,
+    /// Seconds since it was last heard from.
+    pub last_seen_s: f64,
+    pub draining: bool,
+}
+
+/// The files an accepted attempt leaves, as the dashboard links them.
+const JOB_FILES: [&str; 6] = [
+    records::SUMMARY,
+    records::METRICS,
+    records::LOSS,
+    records::OOF,
+    records::TEST,
+    records::CONFIG,
+];
+
+/// The run's own files.
+const RUN_FILES: [&str; 4] = ["report.json", "submission.csv", "oof.csv", "cv.svg"];
+
+impl RunView {
+    /// The view of `state`, for a run of `plan` whose output root is `out`; `results` once
+    /// aggregated.
+    pub fn of(
+        state: &State,
+        plan: &Plan,
+        out: &str,
+        results: Option<&Report>,
+        now: Instant,
+    ) -> Self {
+        let (phase, error) = phase(state, results.is_some());
+        let jobs: Vec<JobView> = state
+            .jobs()
+            .iter()
+            .map(|j| job_view(j, plan, out))
+            .collect();
+        let mut workers: Vec<WorkerView> = state
+            .workers()
+            .map(|w| WorkerView {
+                id: w.id.clone(),
+                backend: w.backend.clone(),
+                gpus: w.gpus,
+                jobs: jobs
+                    .iter()
+                    .filter(|j| j.phase == JobPhase::Leased && j.worker == w.id)
+                    .count(),
+                last_seen_s: now.saturating_duration_since(w.last_seen).as_secs_f64(),
+                draining: w.draining,
+            })
+            .collect();
+        workers.sort_by(|a, b| a.id.cmp(&b.id));
+        let epochs_done = jobs.iter().map(|j| j.epoch.min(j.epochs)).sum();
+        let epochs_total = jobs.iter().map(|j| j.epochs).sum();
+        let eta_s = eta(&jobs, state.live_workers(now));
+        RunView {
+            format: FORMAT,
+            phase,
+            error,
+            out: out.to_string(),
+            epochs_done,
+            epochs_total,
+            eta_s,
+            jobs,
+            workers,
+            results: results.cloned(),
+            files: match results {
+                Some(_) => RUN_FILES.iter().map(|f| f.to_string()).collect(),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// Every job's curve as `(architecture, fold, epochs)`, for [`hbac_common::plot::cv_svg`].
+    pub fn curves(&self) -> Vec<(String, usize, Vec<EpochReport>)> {
+        self.jobs
+            .iter()
+            .map(|j| (j.arch.clone(), j.fold, j.curve.clone()))
+            .collect()
+    }
+
+    /// The architectures, in plan order.
+    pub fn archs(&self) -> Vec<String> {
+        let mut archs: Vec<String> = Vec::new();
+        for j in &self.jobs {
+            if !archs.contains(&j.arch) {
+                archs.push(j.arch.clone());
+            }
+        }
+        archs
+    }
+
+    /// The run's figure (small multiples), as `cv.svg` draws it.
+    pub fn cv_svg(&self) -> String {
+        hbac_common::plot::cv_svg(&self.archs(), &self.curves())
+    }
+
+    /// Job `id`'s figure, as its `loss.svg` draws it.
+    pub fn job_svg(&self, id: &str) -> Option<String> {
+        let j = self.jobs.iter().find(|j| j.id == id)?;
+        let title = format!("{} fold {}", j.arch, j.fold);
+        Some(hbac_common::plot::job_svg(&title, j.fold, &j.curve))
+    }
+
+    /// Every figure by name (`cv` and each job id), for a page that has no server behind it.
+    pub fn figures(&self) -> BTreeMap<String, String> {
+        let mut f = BTreeMap::from([("cv".to_string(), self.cv_svg())]);
+        for j in &self.jobs {
+            if let Some(svg) = self.job_svg(&j.id) {
+                f.insert(j.id.clone(), svg);
+            }
+        }
+        f
+    }
+}
+
+fn phase(state: &State, aggregated: bool) -> (RunPhase, Option<String>) {
+    match state.run() {
+        crate::state::RunState::Running => (RunPhase::Running, None),
+        crate::state::RunState::Finished if aggregated => (RunPhase::Finished, None),
+        crate::state::RunState::Finished => (RunPhase::Aggregating, None),
+        crate::state::RunState::Failed(e) => (RunPhase::Failed, Some(e.clone())),
+    }
+}
+
+fn job_view(j: &Job, plan: &Plan, out: &str) -> JobView {
+    let planned = plan.epochs(&j.def.arch).unwrap_or(0);
+    let (worker, mut p, curve, error, folder) = match &j.state {
+        JobState::Leased(l) => (
+            l.worker.clone(),
+            l.progress.clone(),
+            j.curve.clone(),
+            None,
+            None,
+        ),
+        JobState::Done(r) => {
+            let history = JobSummary::parse(r.summary_json.as_bytes(), records::SUMMARY)
+                .map(|s| s.history)
+                .unwrap_or_default();
+            let folder = r
+                .out_url
+                .strip_prefix(out)
+                .map(|f| f.trim_matches('/').to_string());
+            (
+                r.worker.clone(),
+                Progress::of_result(r),
+                history,
+                None,
+                folder,
+            )
+        }
+        JobState::Failed(why) => (
+            String::new(),
+            Progress::default(),
+            j.curve.clone(),
+            Some(why.clone()),
+            None,
+        ),
+        JobState::Pending => (
+            String::new(),
+            Progress::default(),
+            j.curve.clone(),
+            None,
+            None,
+        ),
+    };
+    if p.epochs == 0 {
+        p.epochs = planned;
+    }
+    let leased = matches!(j.state, JobState::Leased(_));
+    JobView {
+        id: j.def.id.clone(),
+        arch: j.def.arch.clone(),
+        fold: j.def.fold,
+        phase: j.state.phase(),
+        worker,
+        attempt: j.attempts,
+        epoch: p.epoch,
+        epochs: p.epochs,
+        train_kl: p.train_kl,
+        valid_kl: p.valid_kl,
+        samples_per_second: p.samples_per_second,
+        eta_s: leased.then(|| p.eta()).flatten(),
+        curve,
+        error,
+        files: match folder {
+            Some(_) => JOB_FILES.iter().map(|f| f.to_string()).collect(),
+            None => Vec::new(),
+        },
+        folder,
+    }
+}
+
+/// The epochs left at the mean epoch time so far, over the workers that can share them.
+fn eta(jobs: &[JobView], workers: usize) -> Option<f64> {
+    let epochs: Vec<&EpochReport> = jobs.iter().flat_map(|j| &j.curve).collect();
+    if epochs.is_empty() {
+        return None;
+    }
+    let mean = epochs.iter().map(|e| e.seconds).sum::<f64>() / epochs.len() as f64;
+    let open: Vec<&JobView> = jobs
+        .iter()
+        .filter(|j| matches!(j.phase, JobPhase::Pending | JobPhase::Leased))
+        .collect();
+    let left: usize = open.iter().map(|j| j.epochs.saturating_sub(j.epoch)).sum();
+    let lanes = workers.clamp(1, open.len().max(1));
+    Some(left as f64 * mean / lanes as f64)
+}
+
+/// The phases in JSON: their labels (`"running"`, `"leased"`, …).
+mod label {
+    macro_rules! phase {
+        ($name:ident, $ty:ty) => {
+            pub mod $name {
+                use serde::{Deserialize, Deserializer, Serializer};
+
+                pub fn serialize<S: Serializer>(p: &$ty, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_str(p.label())
+                }
+
+                pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                    let label = String::deserialize(d)?;
+                    <$ty>::from_label(&label)
+                        .ok_or_else(|| serde::de::Error::custom(format!("unknown phase {label:?}")))
+                }
+            }
+        };
+    }
+    phase!(run, hbac_common::proto::wire::RunPhase);
+    phase!(job, hbac_common::proto::wire::JobPhase);
+}
