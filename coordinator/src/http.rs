@@ -60,17 +60,14 @@ pub async fn serve(cfg: &HttpConfig, shared: Arc<Shared>) -> Result<SocketAddr, 
         Ok(l) => l,
         Err(_) if cfg.fallback => tokio::net::TcpListener::bind(SocketAddr::new(cfg.addr.ip(), 0))
             .await
-            .map_err(|e| RunError::Transport(format!("HTTP address {}: {e}", cfg.addr)))?,
+            .map_err(|e| RunError::Http(format!("HTTP address {}: {e}", cfg.addr)))?,
         Err(e) => {
-            return Err(RunError::Transport(format!(
-                "HTTP address {}: {e}",
-                cfg.addr
-            )));
+            return Err(RunError::Http(format!("HTTP address {}: {e}", cfg.addr)));
         }
     };
     let bound = listener
         .local_addr()
-        .map_err(|e| RunError::Transport(e.to_string()))?;
+        .map_err(|e| RunError::Http(e.to_string()))?;
     let app = App {
         shared,
         token: cfg.token.as_deref().map(Arc::from),

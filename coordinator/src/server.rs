@@ -34,6 +34,8 @@ pub enum RunError {
     Failed(String),
     #[error("gRPC server: {0}")]
     Transport(String),
+    #[error("dashboard: {0}")]
+    Http(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
 }

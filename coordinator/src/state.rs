@@ -70,7 +70,9 @@ pub struct Progress {
     pub epochs: usize,
     pub train_kl: Option<f64>,
     pub valid_kl: Option<f64>,
+    /// The total time of the `timed` epochs whose time is known here.
     pub seconds: f64,
+    pub timed: usize,
     /// Training throughput of the latest epoch.
     pub samples_per_second: Option<f64>,
 }
@@ -86,17 +88,17 @@ impl Progress {
                 train_kl: s.history.last().map(|e| e.train_kl),
                 valid_kl: Some(s.valid_kl),
                 seconds: s.history.iter().map(|e| e.seconds).sum(),
+                timed: s.history.len(),
                 samples_per_second: s.history.last().map(|e| e.samples_per_second),
             },
             Err(_) => Progress::default(),
         }
     }
 
-    /// Seconds left, from the mean epoch time so far (`seconds` is the total of the epochs
-    /// reported).
+    /// Seconds left, from the mean time of the epochs timed so far.
     pub fn eta(&self) -> Option<f64> {
-        (self.epoch > 0 && self.epochs >= self.epoch)
-            .then(|| self.seconds / self.epoch as f64 * (self.epochs - self.epoch) as f64)
+        (self.timed > 0 && self.epochs >= self.epoch)
+            .then(|| self.seconds / self.timed as f64 * (self.epochs - self.epoch) as f64)
     }
 }
 
@@ -593,23 +595,27 @@ impl State {
     /// times for the ETA, the job its curve); `saved`: the attempt saved its training state after
     /// this epoch. False if the lease is not current.
     pub fn epoch(&mut self, lease_id: &str, r: &EpochReport, epochs: usize, saved: bool) -> bool {
-        let Some((index, l)) = self.leased(lease_id) else {
+        let Some((index, _)) = self.leased(lease_id) else {
             return false;
         };
+        let job = &mut self.jobs[index];
+        job.curve.retain(|e| e.epoch < r.epoch);
+        job.curve.push(r.clone());
         let done = r.epoch + 1;
-        l.progress = Progress {
+        let progress = Progress {
             epoch: done,
             epochs,
             train_kl: Some(r.train_kl),
             valid_kl: r.valid_kl,
-            seconds: l.progress.seconds + r.seconds,
+            seconds: job.curve.iter().map(|e| e.seconds).sum(),
+            timed: job.curve.len(),
             samples_per_second: Some(r.samples_per_second),
         };
+        if let JobState::Leased(l) = &mut job.state {
+            l.progress = progress;
+        }
         let epochs = done;
         self.counters.epochs += 1;
-        let job = &mut self.jobs[index];
-        job.curve.retain(|e| e.epoch < r.epoch);
-        job.curve.push(r.clone());
         if saved && job.saved.as_ref().is_none_or(|s| s.epochs < epochs) {
             job.saved = Some(Saved {
                 lease_id: lease_id.to_string(),

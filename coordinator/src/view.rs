@@ -312,3 +312,139 @@ mod label {
     phase!(run, hbac_common::proto::wire::RunPhase);
     phase!(job, hbac_common::proto::wire::JobPhase);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    use hbac_common::folds::KFold;
+
+    use super::*;
+    use crate::state::{LeaseOutcome, Settings};
+
+    fn plan(arch: &str) -> Plan {
+        Plan {
+            data: "memory://data".into(),
+            cache: "memory://cache".into(),
+            out: "memory://out".into(),
+            kfold: KFold {
+                k: 2,
+                shuffle: true,
+                seed: Some(42),
+            },
+            selection: Default::default(),
+            labels: Default::default(),
+            archs: vec![(arch.into(), serde_json::json!({"epochs": 3}))],
+            io_concurrency: 4,
+        }
+    }
+
+    fn settings() -> Settings {
+        let s = Duration::from_secs(60);
+        Settings {
+            lease_ttl: s,
+            max_attempts: 3,
+            max_disruptions: 3,
+            job_timeout: s,
+            stall_timeout: s,
+            worker_grace: s,
+        }
+    }
+
+    fn epoch(e: usize) -> EpochReport {
+        EpochReport {
+            epoch: e,
+            lr: 1e-3,
+            train_kl: 1.0 - e as f64 / 10.0,
+            valid_kl: Some(1.1),
+            seconds: 2.0,
+            samples_per_second: 50.0,
+            best: true,
+        }
+    }
+
+    /// Two jobs of `arch`, the first leased by worker `worker` with two epochs reported.
+    fn running(arch: &str, worker: &str) -> (Plan, State, Instant) {
+        let plan = plan(arch);
+        let t0 = Instant::now();
+        let mut s = State::new(
+            plan.jobs(),
+            &BTreeMap::new(),
+            BTreeSet::new(),
+            settings(),
+            t0,
+        );
+        let session = s.register(worker, 1, "cpu", t0);
+        let LeaseOutcome::Job(g) = s.lease(&session, 0, t0).unwrap() else {
+            panic!("no lease")
+        };
+        for e in 0..2 {
+            assert!(s.epoch(&g.lease_id, &epoch(e), 3, true));
+        }
+        // A re-run epoch replaces the earlier report.
+        assert!(s.epoch(&g.lease_id, &epoch(1), 3, true));
+        (plan, s, t0)
+    }
+
+    #[test]
+    fn a_running_job_shows_its_progress_curve_and_worker() {
+        let (plan, s, t0) = running("a", "w1");
+        let v = RunView::of(&s, &plan, "memory://out", None, t0 + Duration::from_secs(4));
+        assert_eq!(v.phase, RunPhase::Running);
+        assert_eq!((v.epochs_done, v.epochs_total), (2, 6));
+        let (j, p) = (&v.jobs[0], &v.jobs[1]);
+        assert_eq!(
+            (j.phase, j.worker.as_str(), j.attempt),
+            (JobPhase::Leased, "w1", 1)
+        );
+        assert_eq!((j.epoch, j.epochs), (2, 3));
+        assert_eq!(j.curve.iter().map(|e| e.epoch).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(j.samples_per_second, Some(50.0));
+        assert_eq!(j.eta_s, Some(2.0), "one epoch left at 2 s");
+        assert_eq!((p.phase, p.epoch, p.epochs), (JobPhase::Pending, 0, 3));
+        assert!(p.files.is_empty() && p.folder.is_none());
+        // 4 epochs left at 2 s each, on the one worker.
+        assert_eq!(v.eta_s, Some(8.0));
+        assert_eq!(v.workers.len(), 1);
+        assert_eq!((v.workers[0].jobs, v.workers[0].last_seen_s), (1, 4.0));
+        // The JSON speaks labels and reads back the same.
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["phase"], "running");
+        assert_eq!(json["jobs"][0]["phase"], "leased");
+        let back: RunView = serde_json::from_value(json).unwrap();
+        assert_eq!(back, v);
+        // The gRPC status says the same.
+        assert!(v.cv_svg().contains("fold 0"));
+        assert!(v.job_svg("nope").is_none());
+    }
+
+    #[test]
+    fn report_html_keeps_every_string_inside_its_script_element() {
+        let evil = "a</script><script>alert(1)</script><!--";
+        let (plan, s, t0) = running(evil, "<img src=x onerror=alert(2)>");
+        let v = RunView::of(&s, &plan, "memory://out", None, t0);
+        let page = crate::report::html(&v);
+        assert!(
+            !page.contains("</script><script>alert(1)"),
+            "the name broke out"
+        );
+        assert!(!page.contains("<img src=x"));
+        assert!(!page.contains(r#"src="app.js""#) && !page.contains(r#"href="style.css""#));
+        assert!(page.contains("Content-Security-Policy"));
+        // The embedded snapshot reads back to the view and its figures.
+        let start = page
+            .find(r#"<script id="snapshot" type="application/json">"#)
+            .unwrap();
+        let json = &page[start..];
+        let json = &json[json.find('>').unwrap() + 1..json.find("</script>").unwrap()];
+        let snap: serde_json::Value = serde_json::from_str(json).unwrap();
+        let back: RunView = serde_json::from_value(snap["run"].clone()).unwrap();
+        assert_eq!(back, v);
+        assert_eq!(
+            snap["figures"].as_object().unwrap().len(),
+            3,
+            "cv and each job"
+        );
+    }
+}
