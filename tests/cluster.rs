@@ -262,7 +262,16 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
         }
     }
     let svg = std::fs::read_to_string(out.join("cv.svg")).unwrap();
-    assert!(svg.contains("mobilenetv3-large f2 valid"));
+    // Small multiples: a panel per architecture, a legend entry per fold.
+    for text in [
+        "mobilenetv3-large",
+        "efficientnetv2-b2",
+        "fold 2",
+        "best epoch",
+    ] {
+        assert!(svg.contains(text), "cv.svg lacks {text:?}");
+    }
+    assert_eq!(svg.matches("fold 2").count(), 2, "fold 2 in both panels");
     let report_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report_json["jobs"].as_array().unwrap().len(), 6);

@@ -316,7 +316,7 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
             });
         }
         tokio::task::block_in_place(|| check_journal(&run.out, &mut seen));
-        let pause = Duration::from_millis(rng.random_range(500..1500));
+        let pause = Duration::from_millis(rng.random_range(200..600));
         tokio::time::sleep(pause).await;
         // Faults only while the run is still going (a worker started after the end would wait
         // for a coordinator that is gone).
@@ -329,6 +329,24 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
         else {
             continue;
         };
+        // Faults are paced by the run's progress, so that all of them land before its end
+        // however fast this machine trains: the i-th of n once (i+1)/(n+1) of 70 % of the
+        // epochs are done.
+        let planned = scenario.worker_kills
+            + scenario.coordinator_kills
+            + scenario.net_faults
+            + usize::from(scenario.second_coordinator);
+        let injected = worker_kills
+            + coordinator_kills
+            + net_faults
+            + usize::from(!second && scenario.second_coordinator);
+        let (done, all) = st.jobs.iter().fold((0, 0), |(d, a), j| {
+            (d + j.epoch.min(j.epochs) as usize, a + j.epochs as usize)
+        });
+        let due = 0.7 * (injected + 1) as f64 / (planned + 1) as f64;
+        if injected >= planned || (done as f64) < due * all as f64 {
+            continue;
+        }
         let left_w = scenario.worker_kills - worker_kills;
         let left_c = scenario.coordinator_kills - coordinator_kills;
         let left_n = scenario.net_faults - net_faults;
@@ -373,7 +391,7 @@ async fn run(scenario: Scenario, dir: &Path, data: &str) -> Outcome {
                     w => format!("{w:?}"),
                 }
             ));
-        } else if second && rng.random_bool(0.3) {
+        } else if second && rng.random_range(0..left_w + left_c + 1) == 0 {
             second = false;
             let out = tokio::task::block_in_place(|| {
                 Command::new(env!("CARGO_BIN_EXE_hbac"))
