@@ -175,6 +175,45 @@ impl Drop for Local {
     }
 }
 
+impl Local {
+    /// `hbac local --serve` of the reduced model (2 folds × 2 architectures, one worker) on
+    /// `data` into `out`, serving the dashboard on `addr`, once it answers there.
+    fn start(data: &str, out: &Path, addr: &str, epochs: usize, env: &[(&str, &str)]) -> Local {
+        let epochs = epochs.to_string();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hbac"));
+        cmd.args(["local", "--data", data, "--out"])
+            .arg(out)
+            .args([
+                "--k",
+                "2",
+                "--workers",
+                "1",
+                "--width",
+                "0.25",
+                "--downsample",
+                "8",
+            ])
+            .args([
+                "--epochs",
+                &epochs,
+                "--batch-size",
+                "16",
+                "--http",
+                addr,
+                "--serve",
+            ])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let local = Local(cmd.spawn().unwrap());
+        wait_for("the dashboard", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        local
+    }
+}
+
 #[test]
 fn the_dashboard_shows_a_live_run_in_a_real_browser() {
     let Some(chrome) = chromium() else {
@@ -190,44 +229,13 @@ fn the_dashboard_shows_a_live_run_in_a_real_browser() {
     let out = tmp.path().join("run");
     let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let local = Local(
-        Command::new(env!("CARGO_BIN_EXE_hbac"))
-            .args(["local", "--data", &data, "--out"])
-            .arg(&out)
-            .args([
-                "--k",
-                "2",
-                "--workers",
-                "1",
-                "--width",
-                "0.25",
-                "--downsample",
-                "8",
-                "--epochs",
-                "8",
-                "--batch-size",
-                "16",
-                "--http",
-                &addr,
-                "--worker-id",
-                EVIL,
-                "--serve",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let local = Local::start(&data, &out, &addr, 8, &[("HBAC_WORKER_ID", EVIL)]);
     let url = format!("http://{addr}/");
     let run = || -> serde_json::Value {
         let (status, _, body) = get(&addr, "/api/run", None);
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     };
-    wait_for("the dashboard", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(&addr).is_ok()
-    });
     // Security headers on the page, and nothing but what it lists is served.
     let (status, head, _) = get(&addr, "/", None);
     assert_eq!(status, 200);
@@ -353,37 +361,8 @@ fn the_api_wants_the_token_when_one_is_set() {
     let data = common::synth(&tmp.path().join("data"), 8, 4);
     let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _local = Local(
-        Command::new(env!("CARGO_BIN_EXE_hbac"))
-            .args(["local", "--data", &data, "--out"])
-            .arg(tmp.path().join("run"))
-            .args([
-                "--k",
-                "2",
-                "--workers",
-                "1",
-                "--width",
-                "0.25",
-                "--downsample",
-                "8",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "16",
-                "--http",
-                &addr,
-                "--serve",
-            ])
-            .env("HBAC_HTTP_TOKEN", "s3cret")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for("the dashboard", Duration::from_secs(60), || {
-        std::net::TcpStream::connect(&addr).is_ok()
-    });
+    let out = tmp.path().join("run");
+    let _local = Local::start(&data, &out, &addr, 1, &[("HBAC_HTTP_TOKEN", "s3cret")]);
     // The page itself and /metrics are open; the data is not, without the right token.
     assert_eq!(get(&addr, "/", None).0, 200);
     assert_eq!(get(&addr, "/metrics", None).0, 200);

@@ -389,26 +389,13 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hbac_common::folds::KFold;
 
     fn plan(out: &str) -> Plan {
-        Plan {
-            data: "memory://data".into(),
-            cache: "memory://cache".into(),
-            out: out.into(),
-            kfold: KFold {
-                k: 2,
-                shuffle: true,
-                seed: Some(42),
-            },
-            selection: Default::default(),
-            labels: Default::default(),
-            archs: vec![(
-                "a".into(),
-                serde_json::json!({"epochs": 2, "loader_threads": 2}),
-            )],
-            io_concurrency: 4,
-        }
+        crate::plan::test_plan(
+            out,
+            "a",
+            serde_json::json!({"epochs": 2, "loader_threads": 2}),
+        )
     }
 
     fn done(lease: &str) -> BTreeMap<String, JobEntry> {

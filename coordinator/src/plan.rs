@@ -91,3 +91,23 @@ impl Plan {
         }
     }
 }
+
+/// A plan of one architecture `arch` (training configuration `config`) × 2 folds on in-memory
+/// data, writing to `out`: the unit tests' run.
+#[cfg(test)]
+pub(crate) fn test_plan(out: &str, arch: &str, config: serde_json::Value) -> Plan {
+    Plan {
+        data: "memory://data".into(),
+        cache: "memory://cache".into(),
+        out: out.into(),
+        kfold: KFold {
+            k: 2,
+            shuffle: true,
+            seed: Some(42),
+        },
+        selection: Default::default(),
+        labels: Default::default(),
+        archs: vec![(arch.into(), config)],
+        io_concurrency: 4,
+    }
+}

@@ -318,26 +318,11 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::time::Duration;
 
-    use hbac_common::folds::KFold;
-
     use super::*;
     use crate::state::{LeaseOutcome, Settings};
 
     fn plan(arch: &str) -> Plan {
-        Plan {
-            data: "memory://data".into(),
-            cache: "memory://cache".into(),
-            out: "memory://out".into(),
-            kfold: KFold {
-                k: 2,
-                shuffle: true,
-                seed: Some(42),
-            },
-            selection: Default::default(),
-            labels: Default::default(),
-            archs: vec![(arch.into(), serde_json::json!({"epochs": 3}))],
-            io_concurrency: 4,
-        }
+        crate::plan::test_plan("memory://out", arch, serde_json::json!({"epochs": 3}))
     }
 
     fn settings() -> Settings {
