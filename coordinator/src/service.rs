@@ -165,10 +165,7 @@ impl Shared {
         wire::StatusResponse {
             phase: v.phase.into(),
             error: v.error.clone().unwrap_or_default(),
-            workers: {
-                let s = self.lock();
-                s.live_workers(Instant::now().into_std()) as u32
-            },
+            workers: v.live_workers as u32,
             out_url: v.out.clone(),
             cv_kl: v.results.as_ref().map(|r| r.cv),
             jobs: v

@@ -81,17 +81,21 @@ impl Progress {
     /// A finished job's final figures from its `summary.json`: every epoch run, the last
     /// epoch's train KL and the best (kept) validation KL. Unreadable summaries give none.
     pub fn of_result(r: &JobResult) -> Progress {
-        match JobSummary::parse(r.summary_json.as_bytes(), "summary.json") {
-            Ok(s) => Progress {
-                epoch: s.history.len(),
-                epochs: s.history.len(),
-                train_kl: s.history.last().map(|e| e.train_kl),
-                valid_kl: Some(s.valid_kl),
-                seconds: s.history.iter().map(|e| e.seconds).sum(),
-                timed: s.history.len(),
-                samples_per_second: s.history.last().map(|e| e.samples_per_second),
-            },
-            Err(_) => Progress::default(),
+        JobSummary::parse(r.summary_json.as_bytes(), "summary.json")
+            .map(|s| Progress::of_summary(&s))
+            .unwrap_or_default()
+    }
+
+    /// [`Progress::of_result`] of an already parsed summary.
+    pub fn of_summary(s: &JobSummary) -> Progress {
+        Progress {
+            epoch: s.history.len(),
+            epochs: s.history.len(),
+            train_kl: s.history.last().map(|e| e.train_kl),
+            valid_kl: Some(s.valid_kl),
+            seconds: s.history.iter().map(|e| e.seconds).sum(),
+            timed: s.history.len(),
+            samples_per_second: s.history.last().map(|e| e.samples_per_second),
         }
     }
 

@@ -39,6 +39,8 @@ pub struct RunView {
     pub eta_s: Option<f64>,
     pub jobs: Vec<JobView>,
     pub workers: Vec<WorkerView>,
+    /// Workers heard from within a lease lifetime.
+    pub live_workers: usize,
     /// The run's results (`report.json`) once it is finished.
     pub results: Option<Report>,
     /// The run's own files (relative to `out`), once written.
@@ -135,7 +137,8 @@ impl RunView {
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         let epochs_done = jobs.iter().map(|j| j.epoch.min(j.epochs)).sum();
         let epochs_total = jobs.iter().map(|j| j.epochs).sum();
-        let eta_s = eta(&jobs, state.live_workers(now));
+        let live_workers = state.live_workers(now);
+        let eta_s = eta(&jobs, live_workers);
         RunView {
             format: FORMAT,
             phase,
@@ -146,6 +149,7 @@ impl RunView {
             eta_s,
             jobs,
             workers,
+            live_workers,
             results: results.cloned(),
             files: match results {
                 Some(_) => RUN_FILES.iter().map(|f| f.to_string()).collect(),
@@ -217,20 +221,18 @@ fn job_view(j: &Job, plan: &Plan, out: &str) -> JobView {
             None,
         ),
         JobState::Done(r) => {
-            let history = JobSummary::parse(r.summary_json.as_bytes(), records::SUMMARY)
-                .map(|s| s.history)
+            // Parsed once: the figures and the curve come from the same summary.
+            let summary = JobSummary::parse(r.summary_json.as_bytes(), records::SUMMARY).ok();
+            let progress = summary
+                .as_ref()
+                .map(Progress::of_summary)
                 .unwrap_or_default();
+            let history = summary.map(|s| s.history).unwrap_or_default();
             let folder = r
                 .out_url
                 .strip_prefix(out)
                 .map(|f| f.trim_matches('/').to_string());
-            (
-                r.worker.clone(),
-                Progress::of_result(r),
-                history,
-                None,
-                folder,
-            )
+            (r.worker.clone(), progress, history, None, folder)
         }
         JobState::Failed(why) => (
             String::new(),
