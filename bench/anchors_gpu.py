@@ -24,6 +24,7 @@ def main():
     name = {"mobilenetv3-large": "tf_mobilenetv3_large_100",
             "efficientnetv2-b2": "tf_efficientnetv2_b2"}[a.arch]
     dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
     model = timm.create_model(name, pretrained=False, num_classes=6).to(dev)
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-7)

@@ -66,6 +66,33 @@ pub enum ModelCommand {
     /// Time training steps (forward, Keras KL, backward, Adam) on random
     /// `[batch, 3, 400, 300]` inputs; prints `train_step arch=… samples_per_s=…`.
     Bench(ModelBenchArgs),
+    /// One training step (forward, Keras KL, backward) of the same seeded model and batch on
+    /// --device and on the CPU: prints the loss and gradient differences, fails over tolerance.
+    Check(ModelCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelCheckArgs {
+    /// mobilenetv3-large or efficientnetv2-b2 (default: both).
+    #[arg(long)]
+    pub arch: Option<hbac_worker::model::Arch>,
+    /// Channel multiplier (1.0 = the published model).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f64,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Seed of the weights and the batch.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Largest relative loss difference accepted.
+    #[arg(long, default_value_t = 1e-3)]
+    pub loss_tol: f64,
+    /// Largest relative L2 difference of any parameter's gradient accepted.
+    #[arg(long, default_value_t = 1e-2)]
+    pub grad_tol: f64,
+    /// The device checked against the CPU: cuda or wgpu (cpu compares the CPU with itself).
+    #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
+    pub device: crate::backend::DeviceKind,
 }
 
 #[derive(Debug, Args)]

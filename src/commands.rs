@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    Command, FoldsArgs, ModelBenchArgs, ModelCommand, ModelSummaryArgs, PredictArgs, PrepareArgs,
+    Command, FoldsArgs, ModelBenchArgs, ModelCheckArgs, ModelCommand, ModelSummaryArgs, PredictArgs, PrepareArgs,
     ScoreArgs, SynthArgs, TrainArgs,
 };
 
@@ -24,6 +24,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Score(a) => score(a).await,
         Command::Model(ModelCommand::Summary(a)) => model_summary(a),
         Command::Model(ModelCommand::Bench(a)) => model_bench(a),
+        Command::Model(ModelCommand::Check(a)) => model_check(a),
         Command::Train(a) => train(*a).await,
         Command::Predict(a) => predict(a).await,
         Command::Local(a) => crate::runner::local(*a).await,
@@ -101,6 +102,86 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         .map_err(anyhow::Error::msg)?;
         println!("{}", report(&bench, &times));
     }
+    Ok(())
+}
+
+fn model_check(a: ModelCheckArgs) -> Result<()> {
+    use hbac_worker::model::Arch;
+    use hbac_worker::model::layers::Path;
+    use hbac_worker::train::bench::{StepBench, compare_steps, step_gradients};
+    anyhow::ensure!(
+        a.width > 0.0 && a.width.is_finite(),
+        "--width must be positive"
+    );
+    anyhow::ensure!(a.batch > 0, "--batch must be positive");
+    crate::backend::check(a.device)?;
+    let mut failed = Vec::new();
+    for arch in a.arch.map_or(Arch::ALL.to_vec(), |x| vec![x]) {
+        let bench = StepBench {
+            arch,
+            width: a.width,
+            batch: a.batch,
+            warmup: 0,
+            steps: 1,
+            path: Path::Fused,
+        };
+        let cpu = step_gradients::<burn::backend::Autodiff<crate::backend::Cpu>>(
+            &bench,
+            a.seed,
+            &Default::default(),
+        );
+        let dev = match a.device {
+            DeviceKind::Cpu => step_gradients::<burn::backend::Autodiff<crate::backend::Cpu>>(
+                &bench,
+                a.seed,
+                &Default::default(),
+            ),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => step_gradients::<burn::backend::Autodiff<crate::backend::Cuda>>(
+                &bench,
+                a.seed,
+                &crate::backend::cuda_device(0),
+            ),
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => step_gradients::<burn::backend::Autodiff<crate::backend::Wgpu>>(
+                &bench,
+                a.seed,
+                &crate::backend::wgpu_device(0),
+            ),
+            #[allow(unreachable_patterns)]
+            other => unreachable!("backend::check refuses {other:?} in this build"),
+        };
+        let (cpu, dev) = (
+            cpu.map_err(anyhow::Error::msg)?,
+            dev.map_err(anyhow::Error::msg)?,
+        );
+        let c = compare_steps(&cpu, &dev).map_err(anyhow::Error::msg)?;
+        let ok = c.loss_rel <= a.loss_tol && c.grad_rel_max <= a.grad_tol;
+        println!(
+            "grad_check arch={arch} device={:?} batch={} width={} loss_cpu={:.7} loss_device={:.7} loss_rel={:.2e} grad_rel_median={:.2e} grad_rel_max={:.2e} worst={} params={} {}",
+            a.device,
+            a.batch,
+            a.width,
+            cpu.loss,
+            dev.loss,
+            c.loss_rel,
+            c.grad_rel_median,
+            c.grad_rel_max,
+            c.worst,
+            c.params,
+            if ok { "ok" } else { "FAILED" }
+        );
+        if !ok {
+            failed.push(arch.to_string());
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} differ from the CPU beyond --loss-tol {} / --grad-tol {}",
+        failed.join(", "),
+        a.loss_tol,
+        a.grad_tol
+    );
     Ok(())
 }
 

@@ -336,14 +336,15 @@ pub fn dw_backward_input<F: Float>(
     dx[i] = acc;
 }
 
-/// Depthwise weight gradient: one cube per (channel, tap); its units stride over the batch
-/// and the output plane, then reduce in shared memory.
+/// Depthwise weight gradient, first pass: one cube per (channel, tap, split); its units stride
+/// over split `s`'s `chunk` of the batch × output plane, then reduce in shared memory into
+/// `part[s · C·k·k + c · k·k + tap]` ([`sum_rows`] adds the splits).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub fn dw_backward_weight<F: Float>(
     x: &Tensor<F>,
     dy: &Tensor<F>,
-    dw: &mut Tensor<F>,
+    part: &mut Tensor<F>,
     batch: u32,
     channels: u32,
     h: u32,
@@ -353,6 +354,7 @@ pub fn dw_backward_weight<F: Float>(
     stride: u32,
     pad_top: u32,
     pad_left: u32,
+    chunk: u32,
     #[comptime] k: u32,
     #[comptime] cube: u32,
     #[define(F)] _dtype: StorageType,
@@ -361,13 +363,20 @@ pub fn dw_backward_weight<F: Float>(
     let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
     let c = CUBE_POS_X as usize;
     let tap = CUBE_POS_Y as usize;
+    let split = CUBE_POS_Z as usize;
+    let kk = (k * k) as usize;
     let kh = tap / k as usize;
     let kw = tap % k as usize;
     let per_plane = ho * wo;
     let total = batch as usize * per_plane;
+    let start = split * chunk as usize;
+    let mut end = start + chunk as usize;
+    if end > total {
+        end = total;
+    }
     let mut acc = F::new(0.0);
-    let mut j = UNIT_POS_X as usize;
-    while j < total {
+    let mut j = start + UNIT_POS_X as usize;
+    while j < end {
         let n = j / per_plane;
         let o = j % per_plane;
         let oh = o / wo;
@@ -382,8 +391,29 @@ pub fn dw_backward_weight<F: Float>(
     }
     let total = block_sum::<F>(acc, cube);
     if UNIT_POS_X == 0 {
-        dw[c * (k * k) as usize + tap] = total;
+        part[split * channels as usize * kk + c * kk + tap] = total;
     }
+}
+
+/// `out[i] = Σ_r part[r · len + i]` over `rows` rows, one unit per output element: the
+/// second pass of the split reductions (summed GEMM batches, depthwise weight gradients).
+#[cube(launch)]
+pub fn sum_rows<F: Float>(
+    part: &Tensor<F>,
+    out: &mut Tensor<F>,
+    rows: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let len = out.len();
+    let i = ABSOLUTE_POS;
+    let mut acc = F::new(0.0);
+    for r in 0..rows as usize {
+        acc += part[r * len + i];
+    }
+    out[i] = acc;
 }
 
 /// The sum of `v` over the units of the cube (all units get it).
@@ -404,49 +434,104 @@ fn block_sum<F: Float>(v: F, #[comptime] cube: u32) -> F {
     shared[0]
 }
 
-/// BatchNorm statistics: one cube per channel; mean, then the mean squared deviation, over
-/// the batch and the plane. Writes `stats[c] = mean`, `stats[C + c] = var`,
+/// The first and one-past-last index of split `split` (of `chunk` values each, the last
+/// shorter) of `total` values.
+#[cube]
+fn split_range(split: usize, chunk: u32, total: usize) -> (usize, usize) {
+    let start = split * chunk as usize;
+    let mut end = start + chunk as usize;
+    if end > total {
+        end = total;
+    }
+    (start, end)
+}
+
+/// BatchNorm statistics, first pass: one cube per (channel `c`, split `s`) of the channel's
+/// `batch · plane` values; writes the split's sum to `part[s · C + c]` and its sum of squared
+/// deviations around its own mean to `part[(splits + s) · C + c]` (exact, like two passes over
+/// the whole channel, and every cube of the GPU busy even for a 16-channel layer).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn bn_partial<F: Float>(
+    x: &Tensor<F>,
+    part: &mut Tensor<F>,
+    batch: u32,
+    channels: u32,
+    plane: u32,
+    chunk: u32,
+    splits: u32,
+    #[comptime] cube: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS_X as usize;
+    let split = CUBE_POS_Y as usize;
+    let (cs, p) = (channels as usize, plane as usize);
+    let (start, end) = split_range(split, chunk, batch as usize * p);
+    let mut acc = F::new(0.0);
+    let mut j = start + UNIT_POS_X as usize;
+    while j < end {
+        acc += x[((j / p) * cs + c) * p + j % p];
+        j += cube as usize;
+    }
+    let sum = block_sum::<F>(acc, cube);
+    let mean = sum / F::cast_from((end - start) as u32);
+    sync_cube();
+    let mut sq = F::new(0.0);
+    let mut j = start + UNIT_POS_X as usize;
+    while j < end {
+        let d = x[((j / p) * cs + c) * p + j % p] - mean;
+        sq += d * d;
+        j += cube as usize;
+    }
+    let m2 = block_sum::<F>(sq, cube);
+    if UNIT_POS_X == 0 {
+        part[split * cs + c] = sum;
+        part[(splits as usize + split) * cs + c] = m2;
+    }
+}
+
+/// BatchNorm statistics, second pass: one unit per channel combines the splits (Chan et al.'s
+/// parallel variance) and writes `stats[c] = mean`, `stats[C + c] = var`,
 /// `stats[2C + c] = scale = gamma / sqrt(var + eps)`, `stats[3C + c] = shift`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-pub fn bn_stats<F: Float>(
-    x: &Tensor<F>,
+pub fn bn_combine<F: Float>(
+    part: &Tensor<F>,
     gamma: &Tensor<F>,
     beta: &Tensor<F>,
     stats: &mut Tensor<F>,
     batch: u32,
     channels: u32,
     plane: u32,
+    chunk: u32,
+    splits: u32,
     epsilon: f32,
-    #[comptime] cube: u32,
     #[define(F)] _dtype: StorageType,
 ) {
-    let c = CUBE_POS_X as usize;
-    let (cs, p) = (channels as usize, plane as usize);
-    let total = batch as usize * p;
-    let mut acc = F::new(0.0);
-    let mut j = UNIT_POS_X as usize;
-    while j < total {
-        acc += x[((j / p) * cs + c) * p + j % p];
-        j += cube as usize;
+    if ABSOLUTE_POS >= channels as usize {
+        terminate!();
     }
-    let mean = block_sum::<F>(acc, cube) / F::cast_from(total as u32);
-    sync_cube();
-    let mut sq = F::new(0.0);
-    let mut j = UNIT_POS_X as usize;
-    while j < total {
-        let d = x[((j / p) * cs + c) * p + j % p] - mean;
-        sq += d * d;
-        j += cube as usize;
+    let c = ABSOLUTE_POS;
+    let cs = channels as usize;
+    let total = batch as usize * plane as usize;
+    let mut sum = F::new(0.0);
+    for s in 0..splits as usize {
+        sum += part[s * cs + c];
     }
-    let var = block_sum::<F>(sq, cube) / F::cast_from(total as u32);
-    if UNIT_POS_X == 0 {
-        let scale = gamma[c] / (var + F::cast_from(epsilon)).sqrt();
-        stats[c] = mean;
-        stats[cs + c] = var;
-        stats[2 * cs + c] = scale;
-        stats[3 * cs + c] = beta[c] - mean * scale;
+    let mean = sum / F::cast_from(total as u32);
+    let mut m2 = F::new(0.0);
+    for s in 0..splits as usize {
+        let (start, end) = split_range(s, chunk, total);
+        let n = F::cast_from((end - start) as u32);
+        let d = part[s * cs + c] / n - mean;
+        m2 += part[(splits as usize + s) * cs + c] + n * d * d;
     }
+    let var = m2 / F::cast_from(total as u32);
+    let scale = gamma[c] / (var + F::cast_from(epsilon)).sqrt();
+    stats[c] = mean;
+    stats[cs + c] = var;
+    stats[2 * cs + c] = scale;
+    stats[3 * cs + c] = beta[c] - mean * scale;
 }
 
 /// `y = act(scale[c] · x + shift[c])`, one unit per element; `scale` and `shift` are read
@@ -474,34 +559,19 @@ pub fn affine_act<F: Float>(
     y[i] = act_eval::<F>(z, act);
 }
 
-/// Gradient sums and coefficients per channel (one cube each). With `batch_stats`, `p0`/`p1`
-/// are gamma/beta and BatchNorm used `mean`/`var`; otherwise they are the folded scale/shift
-/// (`mean`, `var` unused). With `z = scale · x + shift` and `dz = dy · act'(z)`, writes eight
-/// `C`-long runs into `coef`: `scale, shift, centre, a, dz_mean, b` for [`grad_apply`]
-/// (`dx = a · (dz − dz_mean) + b · (x − centre)`), then the parameter gradients
-/// (`dgamma, dbeta`, or `dscale, dshift`).
-#[cube(launch)]
+/// The per-channel `scale, shift, centre, 1/std` of the BatchNorm (`batch_stats`: `p0`, `p1`
+/// are gamma, beta) or folded affine (`p0`, `p1` are scale, shift) a gradient goes through.
+#[cube]
 #[allow(clippy::too_many_arguments)]
-pub fn grad_sums<F: Float>(
-    dy: &Tensor<F>,
-    x: &Tensor<F>,
+fn norm_coefs<F: Float>(
     p0: &Tensor<F>,
     p1: &Tensor<F>,
     mean: &Tensor<F>,
     var: &Tensor<F>,
-    coef: &mut Tensor<F>,
-    batch: u32,
-    channels: u32,
-    plane: u32,
+    c: usize,
     epsilon: f32,
-    #[comptime] act: u32,
     #[comptime] batch_stats: bool,
-    #[comptime] cube: u32,
-    #[define(F)] _dtype: StorageType,
-) {
-    let c = CUBE_POS_X as usize;
-    let (cs, p) = (channels as usize, plane as usize);
-    let total = batch as usize * p;
+) -> (F, F, F, F) {
     let mut scale = p0[c];
     let mut shift = p1[c];
     let mut centre = F::new(0.0);
@@ -512,10 +582,43 @@ pub fn grad_sums<F: Float>(
         scale = p0[c] * invstd;
         shift = p1[c] - centre * scale;
     }
+    (scale, shift, centre, invstd)
+}
+
+/// Gradient sums, first pass: one cube per (channel `c`, split `s`); with
+/// `z = scale · x + shift` and `dz = dy · act'(z)`, writes the split's `Σ dz` to
+/// `part[s · C + c]` and `Σ dz · (x − centre)` to `part[(splits + s) · C + c]`.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn grad_partial<F: Float>(
+    dy: &Tensor<F>,
+    x: &Tensor<F>,
+    p0: &Tensor<F>,
+    p1: &Tensor<F>,
+    mean: &Tensor<F>,
+    var: &Tensor<F>,
+    part: &mut Tensor<F>,
+    batch: u32,
+    channels: u32,
+    plane: u32,
+    chunk: u32,
+    splits: u32,
+    epsilon: f32,
+    #[comptime] act: u32,
+    #[comptime] batch_stats: bool,
+    #[comptime] cube: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let c = CUBE_POS_X as usize;
+    let split = CUBE_POS_Y as usize;
+    let (cs, p) = (channels as usize, plane as usize);
+    let (scale, shift, centre, _invstd) =
+        norm_coefs::<F>(p0, p1, mean, var, c, epsilon, batch_stats);
+    let (start, end) = split_range(split, chunk, batch as usize * p);
     let mut s = F::new(0.0);
     let mut sx = F::new(0.0);
-    let mut j = UNIT_POS_X as usize;
-    while j < total {
+    let mut j = start + UNIT_POS_X as usize;
+    while j < end {
         let idx = ((j / p) * cs + c) * p + j % p;
         let v = x[idx];
         let dz = dy[idx] * act_grad::<F>(scale * v + shift, act);
@@ -527,28 +630,66 @@ pub fn grad_sums<F: Float>(
     sync_cube();
     let sx = block_sum::<F>(sx, cube);
     if UNIT_POS_X == 0 {
-        coef[c] = scale;
-        coef[cs + c] = shift;
-        coef[2 * cs + c] = centre;
-        if comptime![batch_stats] {
-            let m = F::cast_from(total as u32);
-            let dgamma = invstd * sx;
-            coef[3 * cs + c] = scale;
-            coef[4 * cs + c] = s / m;
-            coef[5 * cs + c] = -scale * dgamma * invstd / m;
-            coef[6 * cs + c] = dgamma;
-        } else {
-            coef[3 * cs + c] = scale;
-            coef[4 * cs + c] = F::new(0.0);
-            coef[5 * cs + c] = F::new(0.0);
-            coef[6 * cs + c] = sx;
-        }
-        coef[7 * cs + c] = s;
+        part[split * cs + c] = s;
+        part[(splits as usize + split) * cs + c] = sx;
     }
 }
 
+/// Gradient coefficients per channel (one unit each), from [`grad_partial`]'s splits: writes
+/// eight `C`-long runs into `coef`: `scale, shift, centre, a, dz_mean, b` for [`grad_apply`]
+/// (`dx = a · (dz − dz_mean) + b · (x − centre)`), then the parameter gradients
+/// (`dgamma, dbeta`, or `dscale, dshift`).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn grad_coef<F: Float>(
+    part: &Tensor<F>,
+    p0: &Tensor<F>,
+    p1: &Tensor<F>,
+    mean: &Tensor<F>,
+    var: &Tensor<F>,
+    coef: &mut Tensor<F>,
+    batch: u32,
+    channels: u32,
+    plane: u32,
+    splits: u32,
+    epsilon: f32,
+    #[comptime] batch_stats: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= channels as usize {
+        terminate!();
+    }
+    let c = ABSOLUTE_POS;
+    let cs = channels as usize;
+    let (scale, shift, centre, invstd) =
+        norm_coefs::<F>(p0, p1, mean, var, c, epsilon, batch_stats);
+    let mut s = F::new(0.0);
+    let mut sx = F::new(0.0);
+    for r in 0..splits as usize {
+        s += part[r * cs + c];
+        sx += part[(splits as usize + r) * cs + c];
+    }
+    coef[c] = scale;
+    coef[cs + c] = shift;
+    coef[2 * cs + c] = centre;
+    if comptime![batch_stats] {
+        let m = F::cast_from(batch * plane);
+        let dgamma = invstd * sx;
+        coef[3 * cs + c] = scale;
+        coef[4 * cs + c] = s / m;
+        coef[5 * cs + c] = -scale * dgamma * invstd / m;
+        coef[6 * cs + c] = dgamma;
+    } else {
+        coef[3 * cs + c] = scale;
+        coef[4 * cs + c] = F::new(0.0);
+        coef[5 * cs + c] = F::new(0.0);
+        coef[6 * cs + c] = sx;
+    }
+    coef[7 * cs + c] = s;
+}
+
 /// `dx = a · (dz − dz_mean) + b · (x − centre)` per element, `dz` recomputed, with the
-/// coefficients [`grad_sums`] wrote.
+/// coefficients [`grad_coef`] wrote.
 #[cube(launch)]
 pub fn grad_apply<F: Float>(
     dy: &Tensor<F>,

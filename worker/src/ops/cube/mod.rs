@@ -28,6 +28,36 @@ use super::{Act, ConvGeom, ConvPlan, Kernels};
 /// Units per cube of the per-channel reductions.
 const REDUCE_CUBE: u32 = 256;
 
+/// Values one cube of a split reduction takes (about), and the most splits of one reduction:
+/// a 16-channel BatchNorm over 64 × 200 × 150 values runs 16 × 256 cubes instead of 16.
+const SPLIT_CHUNK: usize = 4096;
+const MAX_SPLITS: usize = 256;
+
+/// `(chunk, splits)` for a reduction over `total` values: every split non-empty.
+fn split(total: usize) -> (u32, u32) {
+    let splits = total.div_ceil(SPLIT_CHUNK).clamp(1, MAX_SPLITS);
+    (total.div_ceil(splits) as u32, splits as u32)
+}
+
+/// `Σ_r part[r]` of a `[rows, len…]` tensor, shaped `shape` (`len` elements).
+fn sum_rows<R: CubeRuntime>(part: CubeTensor<R>, rows: usize, shape: &[usize]) -> CubeTensor<R> {
+    if rows == 1 {
+        return reshaped(part, shape);
+    }
+    let out = empty(&part, shape);
+    let (count, dim) = elementwise(&out);
+    kernels::sum_rows::launch::<R>(
+        &part.client,
+        count,
+        dim,
+        part.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        rows as u32,
+        part.dtype.into(),
+    );
+    out
+}
+
 fn act_code(act: Act) -> u32 {
     match act {
         Act::Identity => kernels::IDENTITY,
@@ -70,13 +100,18 @@ struct Operand<R: CubeRuntime> {
 }
 
 /// `out[z] = a[z] · b[z]` for `batches` products of `m × k` by `k × n` (`[batches, m, n]`), or
-/// with `sum_batches` their sum (`[m, n]`), on [`kernels::gemm`].
+/// with `sum_batches` their sum (`[m, n]`: the products in parallel, then [`sum_rows`]), on
+/// [`kernels::gemm`].
 fn gemm<R: CubeRuntime>(
     a: Operand<R>,
     b: Operand<R>,
     [batches, m, n, k]: [usize; 4],
     sum_batches: bool,
 ) -> CubeTensor<R> {
+    if sum_batches && batches > 1 {
+        let part = gemm(a, b, [batches, m, n, k], false);
+        return sum_rows(part, batches, &[m, n]);
+    }
     let shape: &[usize] = if sum_batches {
         &[m, n]
     } else {
@@ -291,14 +326,15 @@ where
         }
         let (x, dy) = (into_contiguous(x), into_contiguous(dy));
         let k = geom.kernel;
-        let dw = empty(&x, &plan.weight_shape());
+        let (chunk, splits) = split(plan.n * plan.out_plane());
+        let part = empty(&x, &[splits as usize, plan.cin * k * k]);
         kernels::dw_backward_weight::launch::<R>(
             &x.client,
-            CubeCount::Static(plan.cin as u32, (k * k) as u32, 1),
+            CubeCount::Static(plan.cin as u32, (k * k) as u32, splits),
             CubeDim::new_1d(REDUCE_CUBE),
             x.clone().into_tensor_arg(),
             dy.into_tensor_arg(),
-            dw.clone().into_tensor_arg(),
+            part.clone().into_tensor_arg(),
             plan.n as u32,
             plan.cin as u32,
             plan.h as u32,
@@ -308,11 +344,12 @@ where
             geom.stride as u32,
             plan.pad_top as u32,
             plan.pad_left as u32,
+            chunk,
             k as u32,
             REDUCE_CUBE,
             x.dtype.into(),
         );
-        dw
+        sum_rows(part, splits as usize, &plan.weight_shape())
     }
 
     fn bn_act_forward(
@@ -328,20 +365,38 @@ where
             into_contiguous(beta),
         );
         let [n, ch, h, w] = dims4(&c);
-        let stats = empty(&c, &[4 * ch]);
-        kernels::bn_stats::launch::<R>(
+        let (chunk, splits) = split(n * h * w);
+        let part = empty(&c, &[2 * splits as usize * ch]);
+        kernels::bn_partial::launch::<R>(
             &c.client,
-            CubeCount::Static(ch as u32, 1, 1),
+            CubeCount::Static(ch as u32, splits, 1),
             CubeDim::new_1d(REDUCE_CUBE),
             c.clone().into_tensor_arg(),
+            part.clone().into_tensor_arg(),
+            n as u32,
+            ch as u32,
+            (h * w) as u32,
+            chunk,
+            splits,
+            REDUCE_CUBE,
+            c.dtype.into(),
+        );
+        let stats = empty(&c, &[4 * ch]);
+        let dim = CubeDim::new(&c.client, ch);
+        kernels::bn_combine::launch::<R>(
+            &c.client,
+            calculate_cube_count_elemwise(&c.client, ch, dim),
+            dim,
+            part.into_tensor_arg(),
             gamma.into_tensor_arg(),
             beta.into_tensor_arg(),
             stats.clone().into_tensor_arg(),
             n as u32,
             ch as u32,
             (h * w) as u32,
+            chunk,
+            splits,
             epsilon as f32,
-            REDUCE_CUBE,
             c.dtype.into(),
         );
         let y = affine(&c, &stats, 2 * ch, &stats, 3 * ch, act);
@@ -424,7 +479,8 @@ fn affine<R: CubeRuntime>(
 }
 
 /// The backward of BatchNorm (`batch` = its mean, variance and epsilon; `params` = gamma,
-/// beta) or of the folded affine (`params` = scale, shift) with the activation: two launches.
+/// beta) or of the folded affine (`params` = scale, shift) with the activation: three launches
+/// (split sums, per-channel coefficients, the elementwise gradient).
 fn norm_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     dy: CubeTensor<R>,
     c: CubeTensor<R>,
@@ -439,13 +495,37 @@ fn norm_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement
         Some((m, v, e)) => (into_contiguous(m), into_contiguous(v), e, true),
         None => (p0.clone(), p1.clone(), 0.0, false),
     };
-    let coef = empty(&c, &[8 * ch]);
-    kernels::grad_sums::launch::<R>(
+    let (chunk, splits) = split(n * h * w);
+    let part = empty(&c, &[2 * splits as usize * ch]);
+    kernels::grad_partial::launch::<R>(
         &c.client,
-        CubeCount::Static(ch as u32, 1, 1),
+        CubeCount::Static(ch as u32, splits, 1),
         CubeDim::new_1d(REDUCE_CUBE),
         dy.clone().into_tensor_arg(),
         c.clone().into_tensor_arg(),
+        p0.clone().into_tensor_arg(),
+        p1.clone().into_tensor_arg(),
+        mean.clone().into_tensor_arg(),
+        var.clone().into_tensor_arg(),
+        part.clone().into_tensor_arg(),
+        n as u32,
+        ch as u32,
+        (h * w) as u32,
+        chunk,
+        splits,
+        epsilon as f32,
+        act_code(act),
+        batch_stats,
+        REDUCE_CUBE,
+        c.dtype.into(),
+    );
+    let coef = empty(&c, &[8 * ch]);
+    let dim = CubeDim::new(&c.client, ch);
+    kernels::grad_coef::launch::<R>(
+        &c.client,
+        calculate_cube_count_elemwise(&c.client, ch, dim),
+        dim,
+        part.into_tensor_arg(),
         p0.into_tensor_arg(),
         p1.into_tensor_arg(),
         mean.into_tensor_arg(),
@@ -454,10 +534,9 @@ fn norm_backward<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement
         n as u32,
         ch as u32,
         (h * w) as u32,
+        splits,
         epsilon as f32,
-        act_code(act),
         batch_stats,
-        REDUCE_CUBE,
         c.dtype.into(),
     );
     let dx = empty(&c, &[n, ch, h, w]);
