@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::adaptive_avg_pool2d;
 
-use crate::ops::{ConvGeom, FusedOps, conv_bn_act};
+use crate::ops::{self, ConvGeom, FusedOps, conv_bn_act};
 
 /// BatchNorm settings in burn's convention (`running = (1 - momentum) * running + momentum * batch`).
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +183,35 @@ impl<B: Backend> SqueezeExcite<B> {
     }
 }
 
+impl<B: FusedOps> SqueezeExcite<B> {
+    /// [`SqueezeExcite::forward`] on the given [`Path`]: the fused path pools, runs both 1×1
+    /// convolutions and gates through hbac's ops (burn's matmul and reductions autotune every
+    /// new shape on CubeCL, seconds each).
+    ///
+    /// # Shapes
+    /// - `x`: `[N, C, H, W]` → `[N, C, H, W]`
+    pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
+        if path == Path::Stock {
+            return self.forward(x);
+        }
+        let s = ops::plane_mean(x.clone());
+        let s = self.inner.apply(fused_dense(&self.reduce, s));
+        let s = self.gate.apply(fused_dense(&self.expand, s));
+        ops::scale_planes(x, s)
+    }
+}
+
+/// [`dense`] through [`ops::dense`].
+fn fused_dense<B: FusedOps>(conv: &Conv2d<B>, s: Tensor<B, 2>) -> Tensor<B, 2> {
+    let [cout, cin, _, _] = conv.weight.dims();
+    let device = s.device();
+    let b = match &conv.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([cout], &device),
+    };
+    ops::dense(s, conv.weight.val().reshape([cout, cin]), b)
+}
+
 /// A 1×1 convolution with bias over `[N, C, 1, 1]` values, as the matrix product it is
 /// (`[N, cin] → [N, cout]`): one GEMM instead of a convolution over single pixels.
 fn dense<B: Backend>(conv: &Conv2d<B>, s: Tensor<B, 2>) -> Tensor<B, 2> {
@@ -233,7 +262,7 @@ impl<B: FusedOps> InvertedResidual<B> {
             y = d.forward_on(y, path);
         }
         if let Some(se) = &self.se {
-            y = se.forward(y);
+            y = se.forward_on(y, path);
         }
         y = self.project.forward_on(y, path);
         if self.residual { y + x } else { y }

@@ -220,7 +220,10 @@ impl<B: FusedOps> Model<B> {
             d => avg_pool2d(x, [d, d], [d, d], [0, 0], true, false),
         };
         let f = self.backbone.forward_on(x, path);
-        adaptive_avg_pool2d(f, [1, 1]).flatten(1, 3)
+        match path {
+            Path::Fused => crate::ops::plane_mean(f),
+            Path::Stock => adaptive_avg_pool2d(f, [1, 1]).flatten(1, 3),
+        }
     }
 
     /// Class logits (softmax gives the predicted distribution).
@@ -233,6 +236,16 @@ impl<B: FusedOps> Model<B> {
 
     /// [`Model::forward`] with the conv layers on the given [`Path`].
     pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 2> {
-        self.head.forward(self.features_on(x, path))
+        let f = self.features_on(x, path);
+        if path == Path::Stock {
+            return self.head.forward(f);
+        }
+        // burn's Linear holds its weight as [in, out]; hbac's dense takes [out, in].
+        let w = self.head.weight.val().transpose();
+        let b = match &self.head.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([w.dims()[0]], &f.device()),
+        };
+        crate::ops::dense(f, w, b)
     }
 }

@@ -131,7 +131,109 @@ impl<B: Kernels> Backward<B, 4> for ConvAffineActBackward {
     }
 }
 
+#[derive(Debug)]
+struct DenseBackward;
+
+impl<B: Kernels> Backward<B, 3> for DenseBackward {
+    /// The input and the weight.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x, w, b] = ops.parents.map(|p| p.map(|node| node.id));
+        let dy = grads.consume::<B>(&ops.node);
+        let (input, weight) = ops.state;
+        let (dx, dw, db) = B::dense_backward(dy, input, weight);
+        for (id, g) in [(x, dx), (w, dw), (b, db)] {
+            if let Some(id) = id {
+                grads.register::<B>(id, g);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PlaneMeanBackward;
+
+impl<B: Kernels> Backward<B, 1> for PlaneMeanBackward {
+    /// The input's plane size.
+    type State = [usize; 2];
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x] = ops.parents.map(|p| p.map(|node| node.id));
+        let dy = grads.consume::<B>(&ops.node);
+        if let Some(id) = x {
+            grads.register::<B>(id, B::plane_mean_backward(dy, ops.state));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ScalePlanesBackward;
+
+impl<B: Kernels> Backward<B, 2> for ScalePlanesBackward {
+    /// The input and the factors.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x, s] = ops.parents.map(|p| p.map(|node| node.id));
+        let dy = grads.consume::<B>(&ops.node);
+        let (input, factors) = ops.state;
+        let (dx, ds) = B::scale_planes_backward(dy, input, factors);
+        if let Some(id) = x {
+            grads.register::<B>(id, dx);
+        }
+        if let Some(id) = s {
+            grads.register::<B>(id, ds);
+        }
+    }
+}
+
 impl<B: Kernels, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn dense(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let prep = DenseBackward
+            .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful();
+        let y = B::dense_forward(
+            x.primitive.clone(),
+            w.primitive.clone(),
+            b.primitive.clone(),
+        );
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn plane_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.primitive.shape();
+        let prep = PlaneMeanBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful();
+        let y = B::plane_mean(x.primitive);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish([shape[2], shape[3]], y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn scale_planes(x: FloatTensor<Self>, s: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prep = ScalePlanesBackward
+            .prepare::<C>([x.node.clone(), s.node.clone()])
+            .compute_bound()
+            .stateful();
+        let y = B::scale_planes(x.primitive.clone(), s.primitive.clone());
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((x.primitive, s.primitive), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     fn conv_bn_act(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,

@@ -217,6 +217,49 @@ pub trait Kernels: Backend {
         shift: FloatTensor<Self>,
         act: Act,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// `x · wᵀ + b`: a 1×1 convolution with bias over single pixels (squeeze-excite) or a
+    /// dense layer (the head), as one GEMM.
+    ///
+    /// # Shapes
+    /// - `x`: `[N, cin]`, `w`: `[cout, cin]`, `b`: `[cout]` → `[N, cout]`
+    fn dense_forward(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// Gradients of [`Kernels::dense_forward`]: (`dx`, `dw`, `db`).
+    fn dense_backward(
+        dy: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The mean of each plane (global average pooling).
+    ///
+    /// # Shapes
+    /// - `x`: `[N, C, H, W]` → `[N, C]`
+    fn plane_mean(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Gradient of [`Kernels::plane_mean`]: each plane of `hw` filled with `dy / (H·W)`.
+    ///
+    /// # Shapes
+    /// - `dy`: `[N, C]` → `[N, C, H, W]`
+    fn plane_mean_backward(dy: FloatTensor<Self>, hw: [usize; 2]) -> FloatTensor<Self>;
+
+    /// Each plane of `x` times its own factor (the squeeze-excite gate).
+    ///
+    /// # Shapes
+    /// - `x`: `[N, C, H, W]`, `s`: `[N, C]` → `[N, C, H, W]`
+    fn scale_planes(x: FloatTensor<Self>, s: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Gradients of [`Kernels::scale_planes`]: (`dx = dy · s`, `ds = Σ_plane dy · x`).
+    fn scale_planes_backward(
+        dy: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        s: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// What the models call: conv → BatchNorm → activation as one op, on plain backends (the
@@ -244,6 +287,16 @@ pub trait FusedOps: Backend {
         geom: ConvGeom,
         act: Act,
     ) -> FloatTensor<Self>;
+
+    /// [`Kernels::dense_forward`], differentiable.
+    fn dense(x: FloatTensor<Self>, w: FloatTensor<Self>, b: FloatTensor<Self>)
+    -> FloatTensor<Self>;
+
+    /// [`Kernels::plane_mean`], differentiable.
+    fn plane_mean(x: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// [`Kernels::scale_planes`], differentiable.
+    fn scale_planes(x: FloatTensor<Self>, s: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl<B: Kernels> FusedOps for B {
@@ -269,6 +322,22 @@ impl<B: Kernels> FusedOps for B {
     ) -> FloatTensor<Self> {
         B::affine_act_forward(B::conv_forward(x, w, geom), scale, shift, act)
     }
+
+    fn dense(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        B::dense_forward(x, w, b)
+    }
+
+    fn plane_mean(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        <B as Kernels>::plane_mean(x)
+    }
+
+    fn scale_planes(x: FloatTensor<Self>, s: FloatTensor<Self>) -> FloatTensor<Self> {
+        <B as Kernels>::scale_planes(x, s)
+    }
 }
 
 /// A backend the models train on: autodiff over a backend with hbac's kernels.
@@ -282,6 +351,31 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
 
 fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
+}
+
+/// `x · wᵀ + b` through [`FusedOps::dense`]; `w` is `[cout, cin]` (or a 1×1 conv's
+/// `[cout, cin, 1, 1]`).
+///
+/// # Shapes
+/// - `x`: `[N, cin]` → `[N, cout]`
+pub fn dense<B: FusedOps>(x: Tensor<B, 2>, w: Tensor<B, 2>, b: Tensor<B, 1>) -> Tensor<B, 2> {
+    float(B::dense(prim(x), prim(w), prim(b)))
+}
+
+/// Global average pooling through [`FusedOps::plane_mean`].
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]` → `[N, C]`
+pub fn plane_mean<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    float(<B as FusedOps>::plane_mean(prim(x)))
+}
+
+/// Each plane of `x` times its factor in `s`, through [`FusedOps::scale_planes`].
+///
+/// # Shapes
+/// - `x`: `[N, C, H, W]`, `s`: `[N, C]` → `[N, C, H, W]`
+pub fn scale_planes<B: FusedOps>(x: Tensor<B, 4>, s: Tensor<B, 2>) -> Tensor<B, 4> {
+    float(<B as FusedOps>::scale_planes(prim(x), prim(s)))
 }
 
 /// A `Conv2d` (no bias, "same" padding, dense or depthwise) → `BatchNorm` → `act` layer through

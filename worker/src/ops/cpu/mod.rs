@@ -28,7 +28,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, TensorData, TensorMetadata};
 use burn_flex::FlexTensor;
 
-use super::{Act, ConvGeom, Kernels, profile};
+use super::{Act, ConvGeom, Kernels, float, prim, profile};
 
 /// A flex tensor's values as a contiguous `f32` slice holder.
 struct F32 {
@@ -267,6 +267,67 @@ impl Kernels for Flex {
             tensor(dc, &shape),
             tensor(dscale, &[shape[1]]),
             tensor(dshift, &[shape[1]]),
+        )
+    }
+
+    // The small ops of squeeze-excite and the head run on flex's own tensor ops (no autotune
+    // on the CPU; a few microseconds per step).
+    fn dense_forward(x: FlexTensor, w: FlexTensor, b: FlexTensor) -> FlexTensor {
+        let (x, w, b) = (float::<Self, 2>(x), float::<Self, 2>(w), float::<Self, 1>(b));
+        prim(x.matmul(w.transpose()) + b.unsqueeze_dim(0))
+    }
+
+    fn dense_backward(
+        dy: FlexTensor,
+        x: FlexTensor,
+        w: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let dy = float::<Self, 2>(dy);
+        let cout = dy.dims()[1];
+        (
+            prim(dy.clone().matmul(float::<Self, 2>(w))),
+            prim(dy.clone().transpose().matmul(float::<Self, 2>(x))),
+            prim(dy.sum_dim(0).reshape([cout])),
+        )
+    }
+
+    fn plane_mean(x: FlexTensor) -> FlexTensor {
+        let x = float::<Self, 4>(x);
+        let [n, c, h, w] = x.dims();
+        prim(x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]))
+    }
+
+    fn plane_mean_backward(dy: FlexTensor, [h, w]: [usize; 2]) -> FlexTensor {
+        let dy = float::<Self, 2>(dy);
+        let [n, c] = dy.dims();
+        prim(
+            dy.div_scalar((h * w) as f32)
+                .reshape([n, c, 1])
+                .repeat_dim(2, h * w)
+                .reshape([n, c, h, w]),
+        )
+    }
+
+    fn scale_planes(x: FlexTensor, s: FlexTensor) -> FlexTensor {
+        let (x, s) = (float::<Self, 4>(x), float::<Self, 2>(s));
+        let [n, c, _, _] = x.dims();
+        prim(x * s.reshape([n, c, 1, 1]))
+    }
+
+    fn scale_planes_backward(
+        dy: FlexTensor,
+        x: FlexTensor,
+        s: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let (dy, x, s) = (
+            float::<Self, 4>(dy),
+            float::<Self, 4>(x),
+            float::<Self, 2>(s),
+        );
+        let [n, c, h, w] = x.dims();
+        (
+            prim(dy.clone() * s.reshape([n, c, 1, 1])),
+            prim((dy * x).reshape([n, c, h * w]).sum_dim(2).reshape([n, c])),
         )
     }
 }

@@ -711,3 +711,53 @@ pub fn grad_apply<F: Float>(
     let dz = dy[i] * act_grad::<F>(coef[c] * v + coef[cs + c], act);
     dx[i] = coef[3 * cs + c] * (dz - coef[4 * cs + c]) + coef[5 * cs + c] * (v - coef[2 * cs + c]);
 }
+
+/// `out[r] = scale · Σ_p a[r · len + p]` (with `product`, `Σ_p a · b`), one unit per row: the
+/// plane means of global pooling and the gate gradient of squeeze-excite.
+#[cube(launch)]
+pub fn row_sum<F: Float>(
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    out: &mut Tensor<F>,
+    len: u32,
+    scale: f32,
+    #[comptime] product: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let base = ABSOLUTE_POS * len as usize;
+    let mut acc = F::new(0.0);
+    for p in 0..len as usize {
+        if comptime![product] {
+            acc += a[base + p] * b[base + p];
+        } else {
+            acc += a[base + p];
+        }
+    }
+    out[ABSOLUTE_POS] = acc * F::cast_from(scale);
+}
+
+/// `out[i] = scale · s[i / len]` (with `times_x`, `· x[i]`), one unit per element: a
+/// per-plane factor spread over its plane (the squeeze-excite gate, the pooling gradient).
+#[cube(launch)]
+pub fn plane_scale<F: Float>(
+    x: &Tensor<F>,
+    s: &Tensor<F>,
+    out: &mut Tensor<F>,
+    len: u32,
+    scale: f32,
+    #[comptime] times_x: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    if ABSOLUTE_POS >= out.len() {
+        terminate!();
+    }
+    let i = ABSOLUTE_POS;
+    let mut v = s[i / len as usize] * F::cast_from(scale);
+    if comptime![times_x] {
+        v *= x[i];
+    }
+    out[i] = v;
+}

@@ -446,6 +446,149 @@ where
     ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
         norm_backward::<R, F, I, BT>(dy, c, [scale, shift], None, act)
     }
+
+    fn dense_forward(x: CubeTensor<R>, w: CubeTensor<R>, b: CubeTensor<R>) -> CubeTensor<R> {
+        let [n, cin] = x.shape().dims::<2>();
+        let cout = w.shape()[0];
+        // [N, cin] · wᵀ [cin, cout]
+        let y = gemm(
+            Operand {
+                tensor: into_contiguous(x),
+                strides: [0, cin, 1],
+            },
+            Operand {
+                tensor: into_contiguous(w),
+                strides: [0, 1, cin],
+            },
+            [1, n, cout, cin],
+            false,
+        );
+        let y = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(reshaped(y, &[n, cout])));
+        let b = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(b));
+        (y + b.unsqueeze_dim(0)).into_primitive().tensor()
+    }
+
+    fn dense_backward(
+        dy: CubeTensor<R>,
+        x: CubeTensor<R>,
+        w: CubeTensor<R>,
+    ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
+        let [n, cout] = dy.shape().dims::<2>();
+        let cin = x.shape()[1];
+        let dy = into_contiguous(dy);
+        let dyo = |strides| Operand {
+            tensor: dy.clone(),
+            strides,
+        };
+        // dx = dy [N, cout] · w [cout, cin]; dw = dyᵀ [cout, N] · x [N, cin]; db = Σ_n dy
+        let dx = gemm(
+            dyo([0, cout, 1]),
+            Operand {
+                tensor: into_contiguous(w),
+                strides: [0, cin, 1],
+            },
+            [1, n, cin, cout],
+            false,
+        );
+        let dw = gemm(
+            dyo([0, 1, cout]),
+            Operand {
+                tensor: into_contiguous(x),
+                strides: [0, cin, 1],
+            },
+            [1, cout, cin, n],
+            false,
+        );
+        (
+            reshaped(dx, &[n, cin]),
+            reshaped(dw, &[cout, cin]),
+            sum_rows(dy.clone(), n, &[cout]),
+        )
+    }
+
+    fn plane_mean(x: CubeTensor<R>) -> CubeTensor<R> {
+        let x = into_contiguous(x);
+        let [n, c, h, w] = dims4(&x);
+        row_sum(&x, &x, &[n, c], h * w, 1.0 / (h * w) as f32, false)
+    }
+
+    fn plane_mean_backward(dy: CubeTensor<R>, [h, w]: [usize; 2]) -> CubeTensor<R> {
+        let dy = into_contiguous(dy);
+        let [n, c] = dy.shape().dims::<2>();
+        plane_scale(&dy, &dy, &[n, c, h, w], 1.0 / (h * w) as f32, false)
+    }
+
+    fn scale_planes(x: CubeTensor<R>, s: CubeTensor<R>) -> CubeTensor<R> {
+        let x = into_contiguous(x);
+        plane_scale(&x, &into_contiguous(s), &dims4(&x), 1.0, true)
+    }
+
+    fn scale_planes_backward(
+        dy: CubeTensor<R>,
+        x: CubeTensor<R>,
+        s: CubeTensor<R>,
+    ) -> (CubeTensor<R>, CubeTensor<R>) {
+        let (dy, x) = (into_contiguous(dy), into_contiguous(x));
+        let [n, c, h, w] = dims4(&x);
+        (
+            plane_scale(&dy, &into_contiguous(s), &[n, c, h, w], 1.0, true),
+            row_sum(&dy, &x, &[n, c], h * w, 1.0, true),
+        )
+    }
+}
+
+/// [`kernels::row_sum`]: `scale · Σ` over rows of `len` (of `a · b` with `product`), shaped
+/// `shape`.
+fn row_sum<R: CubeRuntime>(
+    a: &CubeTensor<R>,
+    b: &CubeTensor<R>,
+    shape: &[usize],
+    len: usize,
+    scale: f32,
+    product: bool,
+) -> CubeTensor<R> {
+    let out = empty(a, shape);
+    let (count, dim) = elementwise(&out);
+    kernels::row_sum::launch::<R>(
+        &a.client,
+        count,
+        dim,
+        a.clone().into_tensor_arg(),
+        b.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        len as u32,
+        scale,
+        product,
+        a.dtype.into(),
+    );
+    out
+}
+
+/// [`kernels::plane_scale`]: `scale · s` spread over planes of `shape` (times `x` with
+/// `times_x`).
+fn plane_scale<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    s: &CubeTensor<R>,
+    shape: &[usize],
+    scale: f32,
+    times_x: bool,
+) -> CubeTensor<R> {
+    let out = empty(s, shape);
+    let len = shape[2] * shape[3];
+    let (count, dim) = elementwise(&out);
+    kernels::plane_scale::launch::<R>(
+        &s.client,
+        count,
+        dim,
+        x.clone().into_tensor_arg(),
+        s.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        len as u32,
+        scale,
+        times_x,
+        s.dtype.into(),
+    );
+    out
 }
 
 /// `act(scale · c + shift)` per channel, `scale` and `shift` read at their offsets.
