@@ -50,7 +50,8 @@ else
   DEVICE=cuda TOTAL="${TOTAL:-540}" BATCH="${BATCH:-64}" STEPS="${STEPS:-10}" WIDTH=1
   CHECK_BATCH=8 SYNTH_PATIENTS=40 TRAIN_FLAGS=""
 fi
-export RUST_LOG="${RUST_LOG:-warn}" NO_COLOR=1 PYTHONUNBUFFERED=1
+# cubecl's tuner logs each autotuned operation (seconds each on a cold cache): counted per step.
+export RUST_LOG="${RUST_LOG:-warn,cubecl_runtime::tune::tuner=info}" NO_COLOR=1 PYTHONUNBUFFERED=1
 export HBAC_KERNEL_CACHE="$WORK/kernels"
 mkdir -p "$HBAC_KERNEL_CACHE"
 CACHE_IN="${KERNEL_CACHE:-$REPO/gpu-cache.tar.gz}"
@@ -119,6 +120,8 @@ if [ $DRY = 0 ]; then
   NVRTC_DIRS=""
   for d in "${CUDA_PATH:-/nonexistent}/lib64" "${CUDA_PATH:-/nonexistent}/lib" /usr/local/cuda/lib64 \
     "$SITE/nvidia/cu13/lib" "$SITE/nvidia/cuda_nvrtc/lib" /usr/lib/x86_64-linux-gnu; do
+    d="$(readlink -f "$d" 2>/dev/null || echo "$d")"
+    case ":$NVRTC_DIRS:" in *":$d:"*) continue ;; esac
     ls "$d"/libnvrtc.so* >/dev/null 2>&1 && NVRTC_DIRS="$NVRTC_DIRS:$d"
   done
   export LD_LIBRARY_PATH="${NVRTC_DIRS#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -133,10 +136,17 @@ if [ $DRY = 0 ]; then
     tar -xzf "$CACHE_IN" -C "$HBAC_KERNEL_CACHE" && say "kernel cache: restored from $CACHE_IN"
   fi
 fi
-cores=$(nproc)
-say "cpu: $cores cores; hbac device check:"
-if ! run preflight 60 "$HBAC" model check --device "$DEVICE" --arch mobilenetv3-large --width 0.25 --batch 1 --grad-tol 1; then
+say "cpu: $(nproc) cores"
+if ! run device 30 "$HBAC" device --device "$DEVICE"; then
   say "FATAL: hbac cannot use $DEVICE here (see above); nothing else would run"
+  exit 1
+fi
+# The first kernels: a reduced model's step against the CPU (compiles every kernel kind).
+run preflight 120 "$HBAC" model check --device "$DEVICE" --arch mobilenetv3-large --width 0.25 --batch 1 --grad-tol 1
+rc=$?
+if [ $rc != 0 ]; then
+  [ $rc = 124 ] && say "FATAL: the first reduced training step did not finish in time (kernel compilation? autotuning? RUST_LOG=info shows which)"
+  say "FATAL: the first reduced training step on $DEVICE failed; nothing else would run"
   exit 1
 fi
 
@@ -190,7 +200,10 @@ def kv(line):
 fig = {"dry_run": dry, "seconds": seconds, "steps": {}, "speed": {}, "check": {}, "quick": {}}
 for line in (work / "steps.txt").read_text().splitlines():
     d = kv(line)
-    fig["steps"][d["step"]] = {"rc": int(d["rc"]), "wall_s": d["wall_s"], "peak_gpu_mib": d["peak_gpu_mib"]}
+    out = work / (d["step"] + ".out")
+    tunes = out.read_text(errors="replace").count("Tuning ") if out.exists() else 0
+    fig["steps"][d["step"]] = {"rc": int(d["rc"]), "wall_s": d["wall_s"], "peak_gpu_mib": d["peak_gpu_mib"],
+                               "autotuned_ops": tunes}
 for f in sorted(work.glob("*.out")):
     name, text = f.stem, f.read_text(errors="replace")
     peak = fig["steps"].get(name, {}).get("peak_gpu_mib")
@@ -209,9 +222,9 @@ for arch in ("mobilenetv3-large", "efficientnetv2-b2"):
     if h and t:
         fig["speed"][f"ratio-{arch}"] = round(h["samples_per_s"] / t["samples_per_s"], 3)
 json.dump(fig, open(out, "w"), indent=1)
-print(f"{'step':34} {'rc':>4} {'wall s':>8} {'peak MiB':>9}")
+print(f"{'step':34} {'rc':>4} {'wall s':>8} {'peak MiB':>9} {'autotuned':>9}")
 for k, v in fig["steps"].items():
-    print(f"{k:34} {v['rc']:>4} {str(v['wall_s'])[:8]:>8} {str(v['peak_gpu_mib']):>9}")
+    print(f"{k:34} {v['rc']:>4} {str(v['wall_s'])[:8]:>8} {str(v['peak_gpu_mib']):>9} {v['autotuned_ops']:>9}")
 for k, v in fig["speed"].items():
     print(k, v)
 for k, v in fig["check"].items():

@@ -47,14 +47,22 @@ pub fn wgpu_device(slot: usize) -> burn::backend::wgpu::WgpuDevice {
 
 /// Fails with a clear message unless this build can use `device` on this machine.
 pub fn check(device: DeviceKind) -> Result<()> {
+    describe(device).map(|_| ())
+}
+
+/// [`check`], and a line saying what was found (`hbac device`).
+pub fn describe(device: DeviceKind) -> Result<String> {
     match device {
-        DeviceKind::Cpu => Ok(()),
+        DeviceKind::Cpu => Ok(format!(
+            "cpu: {} threads",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )),
         DeviceKind::Cuda => check_cuda(),
-        DeviceKind::Wgpu => check_wgpu(),
+        DeviceKind::Wgpu => check_wgpu().map(|()| "wgpu: adapter ready".to_string()),
     }
 }
 
-fn check_cuda() -> Result<()> {
+fn check_cuda() -> Result<String> {
     #[cfg(not(feature = "cuda"))]
     bail!(
         "this hbac was built without CUDA support; rebuild with `cargo build --release --features cuda`, or use --device cpu"
@@ -64,7 +72,7 @@ fn check_cuda() -> Result<()> {
         let report = cuda::probe().map_err(|e| anyhow::anyhow!("{e}; or use --device cpu"))?;
         tracing::info!(%report, "cuda ready");
         configure_kernel_cache();
-        Ok(())
+        Ok(format!("cuda: {report}"))
     }
 }
 

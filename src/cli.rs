@@ -56,6 +56,16 @@ pub enum Command {
     Drain(DrainArgs),
     /// Write a run's dashboard as one self-contained report.html (any storage, no server).
     Report(ReportArgs),
+    /// Check that this build can use a device here and say what it found (for CUDA: the GPU,
+    /// the driver, NVRTC, the headers, a test kernel compiled; the kernel cache folder).
+    Device(DeviceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// cpu, cuda or wgpu.
+    #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
+    pub device: crate::backend::DeviceKind,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,8 +11,8 @@ use tracing::{info, warn};
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    Command, FoldsArgs, ModelBenchArgs, ModelCheckArgs, ModelCommand, ModelSummaryArgs, PredictArgs, PrepareArgs,
-    ScoreArgs, SynthArgs, TrainArgs,
+    Command, FoldsArgs, ModelBenchArgs, ModelCheckArgs, ModelCommand, ModelSummaryArgs,
+    PredictArgs, PrepareArgs, ScoreArgs, SynthArgs, TrainArgs,
 };
 
 /// Runs one subcommand to completion.
@@ -33,6 +33,15 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Status(a) => crate::runner::status(a).await,
         Command::Drain(a) => crate::runner::drain(a).await,
         Command::Report(a) => crate::runner::report(a).await,
+        Command::Device(a) => {
+            println!("{}", crate::backend::describe(a.device)?);
+            if a.device != DeviceKind::Cpu
+                && let Some(dir) = crate::backend::kernel_cache_dir()
+            {
+                println!("kernel cache: {}", dir.display());
+            }
+            Ok(())
+        }
     }
 }
 

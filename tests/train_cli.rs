@@ -355,3 +355,43 @@ fn train_resume_continues_an_interrupted_run_exactly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("does not belong to this run"), "{stderr}");
 }
+
+/// `hbac model check --device wgpu`: one training step of both reduced architectures on the GPU
+/// against the CPU, within the check's tolerances, and no burn matmul autotuned on the way (on
+/// CUDA each autotuned shape compiles every candidate kernel, seconds each: a first H200 step
+/// spent minutes there). Only the loss's reductions may be tuned, and what was tuned lands in
+/// `$HBAC_KERNEL_CACHE`.
+#[cfg(feature = "wgpu")]
+#[test]
+fn model_check_on_wgpu_matches_the_cpu_and_autotunes_no_matmul() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = common::ok_with(
+        &[
+            "model", "check", "--device", "wgpu", "--width", "0.25", "--batch", "2",
+        ],
+        &[("HBAC_KERNEL_CACHE", cache.path().to_str().unwrap())],
+    );
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("grad_check "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines.iter().all(|l| l.ends_with(" ok")), "{out}");
+    let mut tuned = Vec::new();
+    let mut dirs = vec![cache.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                dirs.push(e.path());
+            } else {
+                tuned.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(
+        tuned
+            .iter()
+            .all(|f| !f.contains("matmul") && !f.contains("conv")),
+        "autotuned: {tuned:?}"
+    );
+}

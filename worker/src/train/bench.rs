@@ -94,7 +94,9 @@ pub fn seeded_batch(batch: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
         .collect();
     let mut y = Vec::with_capacity(batch * 6);
     for _ in 0..batch {
-        let row: Vec<f32> = (0..6).map(|_| rng.random_range(0.0f32..1.0).exp()).collect();
+        let row: Vec<f32> = (0..6)
+            .map(|_| rng.random_range(0.0f32..1.0).exp())
+            .collect();
         let sum: f32 = row.iter().sum();
         y.extend(row.iter().map(|v| v / sum));
     }
@@ -274,7 +276,10 @@ mod tests {
         let c = step_gradients::<B>(&stock, 7, &device).unwrap();
         let near = compare_steps(&a, &c).unwrap();
         assert!(near.loss_rel < 1e-4, "{near:?}");
-        assert!(near.grad_rel_max > 0.0 && near.grad_rel_max < 1e-2, "{near:?}");
+        assert!(
+            near.grad_rel_max > 0.0 && near.grad_rel_max < 1e-2,
+            "{near:?}"
+        );
         // Another seed is another model and batch: far.
         let d = step_gradients::<B>(&bench(), 8, &device).unwrap();
         let far = compare_steps(&a, &d).unwrap();

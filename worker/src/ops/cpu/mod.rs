@@ -273,7 +273,11 @@ impl Kernels for Flex {
     // The small ops of squeeze-excite and the head run on flex's own tensor ops (no autotune
     // on the CPU; a few microseconds per step).
     fn dense_forward(x: FlexTensor, w: FlexTensor, b: FlexTensor) -> FlexTensor {
-        let (x, w, b) = (float::<Self, 2>(x), float::<Self, 2>(w), float::<Self, 1>(b));
+        let (x, w, b) = (
+            float::<Self, 2>(x),
+            float::<Self, 2>(w),
+            float::<Self, 1>(b),
+        );
         prim(x.matmul(w.transpose()) + b.unsqueeze_dim(0))
     }
 

@@ -162,9 +162,63 @@ fn cube_kernels_on_wgpu_match_the_cpu_kernels() {
         // burn-cubecl 0.21's conv2d / matmul get these wrong on wgpu (hbac does not use them).
         (dense(1, 1), 8, 32, Relu, [32, 24], 2),
         (dense(3, 1), 8, 8, Swish, [32, 24], 2),
+        // Planes large enough that the reductions split (4096 values per cube, the last
+        // split shorter).
+        (d(3, 1), 4, 4, Swish, [96, 64], 2),
+        (dense(1, 1), 3, 5, HardSwish, [97, 61], 2),
     ];
     for (geom, cin, cout, act, hw, n) in cases {
         layer(geom, cin, cout, act, hw, n);
+    }
+}
+
+/// Squeeze-excite's and the head's small ops: dense layer, plane means, per-plane scaling,
+/// forward and backward, GPU against CPU.
+#[test]
+fn small_ops_on_wgpu_match_the_cpu() {
+    for (n, cin, cout, [h, w]) in [(1, 1, 1, [1, 1]), (2, 24, 6, [13, 10]), (5, 72, 18, [7, 3])] {
+        let name = format!("batch {n}, {cin} -> {cout}, {h}x{w}");
+        let x = cpu([n, cin], Distribution::Normal(0.2, 1.0));
+        let wt = cpu([cout, cin], Distribution::Normal(0.0, 0.5));
+        let b = cpu([cout], Distribution::Normal(0.0, 0.5));
+        let dy = cpu([n, cout], Distribution::Normal(0.0, 1.0));
+        check(
+            &format!("{name}: dense"),
+            Gpu::dense_forward(gpu_of(&x), gpu_of(&wt), gpu_of(&b)),
+            Flex::dense_forward(prim(&x), prim(&wt), prim(&b)),
+            1e-5,
+        );
+        let got = Gpu::dense_backward(gpu_of(&dy), gpu_of(&x), gpu_of(&wt));
+        let want = Flex::dense_backward(prim(&dy), prim(&x), prim(&wt));
+        check(&format!("{name}: dense dx"), got.0, want.0, 1e-5);
+        check(&format!("{name}: dense dw"), got.1, want.1, 1e-5);
+        check(&format!("{name}: dense db"), got.2, want.2, 1e-5);
+
+        let planes = cpu([n, cin, h, w], Distribution::Normal(0.3, 1.0));
+        let s = cpu([n, cin], Distribution::Uniform(0.0, 1.0));
+        let dp = cpu([n, cin, h, w], Distribution::Normal(0.0, 1.0));
+        check(
+            &format!("{name}: plane mean"),
+            Gpu::plane_mean(gpu_of(&planes)),
+            Flex::plane_mean(prim(&planes)),
+            1e-5,
+        );
+        check(
+            &format!("{name}: plane mean gradient"),
+            Gpu::plane_mean_backward(gpu_of(&x), [h, w]),
+            Flex::plane_mean_backward(prim(&x), [h, w]),
+            1e-5,
+        );
+        check(
+            &format!("{name}: scale planes"),
+            Gpu::scale_planes(gpu_of(&planes), gpu_of(&s)),
+            Flex::scale_planes(prim(&planes), prim(&s)),
+            1e-5,
+        );
+        let got = Gpu::scale_planes_backward(gpu_of(&dp), gpu_of(&planes), gpu_of(&s));
+        let want = Flex::scale_planes_backward(prim(&dp), prim(&planes), prim(&s));
+        check(&format!("{name}: scale planes dx"), got.0, want.0, 1e-5);
+        check(&format!("{name}: scale planes ds"), got.1, want.1, 1e-5);
     }
 }
 
