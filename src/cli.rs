@@ -321,6 +321,12 @@ pub struct RecipeArgs {
     /// for MobileNetV3, 0.9 for EfficientNetV2; --quick: 0.9]; lower it for very short runs.
     #[arg(long)]
     pub bn_momentum: Option<f64>,
+    /// Initial weights when not pretrained: `torch` (U(±1/√fan_in), PyTorch's default) or
+    /// `keras` (the reference Keras models' own initialisers per layer kind: glorot-uniform for
+    /// MobileNetV3, He-normal fan-out for EfficientNetV2's convolutions) [default: torch; see
+    /// the README's model-quality figures].
+    #[arg(long)]
+    pub init: Option<hbac_worker::model::InitScheme>,
     /// Threads building batches ahead of the training step.
     #[arg(long, default_value_t = 2)]
     pub loader_threads: usize,

@@ -4,7 +4,7 @@
 use anyhow::{Result, ensure};
 use hbac_common::folds::KFold;
 use hbac_common::preprocess::{LabelMode, SampleSelection};
-use hbac_worker::model::{Arch, ModelConfig};
+use hbac_worker::model::{Arch, InitScheme, ModelConfig};
 use hbac_worker::train::augment::AugmentConfig;
 use hbac_worker::train::schedule::LrSchedule;
 use hbac_worker::train::trainer::{OptimizerKind, TrainConfig};
@@ -60,7 +60,8 @@ impl RecipeArgs {
         let model = ModelConfig::new(arch)
             .with_width(width)
             .with_downsample(downsample)
-            .with_bn_momentum(bn_momentum);
+            .with_bn_momentum(bn_momentum)
+            .with_init(Some(self.init.unwrap_or(default_init(arch))));
         let mut lr = LrSchedule::reference(batch_size, epochs);
         if let Some(max) = self.lr_max.or(q.then_some(3e-3)) {
             lr.max = max;
@@ -106,6 +107,14 @@ impl RecipeArgs {
             plain.len()
         );
         Ok(plain.pop().cloned())
+    }
+}
+
+/// The initialisation an architecture trains from when `--init` is not given: the scheme the
+/// quality benchmark (bench/quality.sh, figures in bench/RESULTS.md) found better for it.
+pub fn default_init(arch: Arch) -> InitScheme {
+    match arch {
+        Arch::MobileNetV3Large | Arch::EfficientNetV2B2 => InitScheme::Torch,
     }
 }
 

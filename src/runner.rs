@@ -240,6 +240,15 @@ fn print_report(r: &Report, out: &str) {
         "cv ensemble: kaggle kl {:.4} with weights {:?} on {:?}",
         r.cv, r.weights, r.archs
     );
+    if let Some(b) = r.per_class.get(hbac_coordinator::aggregate::ENSEMBLE) {
+        let classes: Vec<String> = (0..b.classes.len())
+            .map(|i| {
+                let recall = b.recall[i].map_or("-".into(), |v| format!("{v:.2}"));
+                format!("{} kl {:.4} recall {recall}", b.classes[i], b.kl[i])
+            })
+            .collect();
+        println!("per class (ensemble): {}", classes.join("; "));
+    }
     println!(
         "wrote {out}/submission.csv ({} rows), report.json, oof.csv, cv.svg",
         r.test_rows

@@ -318,6 +318,51 @@ fn the_dashboard_shows_a_live_run_in_a_real_browser() {
         }
     }
     assert!(cells.contains_key("prior/fold0"), "the prior-only baseline");
+    // Per class: the ensemble's and each architecture's KL shares, recall and confusion.
+    let per_class = report["per_class"]
+        .as_object()
+        .expect("report.json per_class");
+    let mut models: Vec<&str> = vec!["ensemble"];
+    models.extend(
+        report["archs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap()),
+    );
+    for model in models {
+        let b = &per_class[model];
+        let classes: Vec<&str> = b["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(classes[0], "Seizure");
+        let (mut share, mut counted) = (0.0, 0);
+        for (i, c) in classes.iter().enumerate() {
+            let kl = b["kl"][i].as_f64().unwrap();
+            assert_eq!(cells[&format!("{model}/{c}/kl")], kl, "{model} {c}");
+            share += kl;
+            if let Some(r) = b["recall"][i].as_f64() {
+                assert_eq!(cells[&format!("{model}/{c}/recall")], r);
+            }
+            for (j, to) in classes.iter().enumerate() {
+                let n = b["confusion"][i][j].as_f64().unwrap();
+                assert_eq!(cells[&format!("{model}/{c}/{to}")], n, "{model} {c} → {to}");
+                counted += n as usize;
+            }
+        }
+        assert_eq!(counted, report["oof_rows"].as_u64().unwrap() as usize);
+        let cv = match model {
+            "ensemble" => report["cv"].as_f64().unwrap(),
+            arch => report["cv_by_arch"][arch].as_f64().unwrap(),
+        };
+        assert!(
+            (share - cv).abs() < 1e-9,
+            "{model}: shares add to {share}, CV {cv}"
+        );
+    }
     assert!(last.contains("data-phase=\"finished\""));
 
     // Nothing from outside loopback, in any load.

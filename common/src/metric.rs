@@ -5,12 +5,16 @@
 //!   over the six classes, then the plain mean over rows, rows matched by `eeg_id`.
 //! * [`keras_kl`] — Keras' `KLDivergence` loss that the reference trains with: both sides
 //!   clipped to `[1e-7, 1]`, per-row sums averaged over the batch.
+//! * [`per_class`] — each class's share of the Kaggle KL and the confusion matrix of the most
+//!   probable class against `expert_consensus`.
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Location, Result};
-use crate::hms::N_CLASSES;
 use crate::hms::tables::ProbRow;
+use crate::hms::{CLASS_NAMES, Class, N_CLASSES};
 
 /// Submission rows must sum to 1 within this tolerance.
 pub const SUM_TOLERANCE: f64 = 1e-3;
@@ -84,17 +88,69 @@ pub fn kaggle_kl(
 
 /// One row's `Σ s · ln(s / clip(p))`, skipping `s == 0`.
 fn row_kl(s: &[f64; N_CLASSES], p: &[f64; N_CLASSES]) -> f64 {
+    row_kl_terms(s, p).iter().sum()
+}
+
+/// One row's Kaggle KL term per class: `s · ln(s / clip(p))`, 0 where `s == 0`.
+pub fn row_kl_terms(s: &[f64; N_CLASSES], p: &[f64; N_CLASSES]) -> [f64; N_CLASSES] {
     const EPS: f64 = 1e-15;
-    s.iter()
-        .zip(p)
-        .map(|(&s, &p)| {
-            if s == 0.0 {
-                0.0
-            } else {
-                s * (s / p.clamp(EPS, 1.0 - EPS)).ln()
-            }
-        })
-        .sum()
+    std::array::from_fn(|k| {
+        if s[k] == 0.0 {
+            0.0
+        } else {
+            s[k] * (s[k] / p[k].clamp(EPS, 1.0 - EPS)).ln()
+        }
+    })
+}
+
+/// Per-class view of a set of predictions: what a user deciding whether a model can flag
+/// seizures reads first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassBreakdown {
+    /// Class names, in vote-column order (the order of every list below).
+    pub classes: Vec<String>,
+    /// Rows whose `expert_consensus` is each class.
+    pub rows: Vec<u64>,
+    /// Each class's share of the Kaggle KL: the mean over rows of its term `s · ln(s / p)`.
+    /// They add up to the Kaggle KL (a term can be negative where a row's prediction puts
+    /// more than its target on that class).
+    pub kl: Vec<f64>,
+    /// `confusion[i][j]`: rows whose `expert_consensus` is class `i` whose most probable
+    /// predicted class is `j`.
+    pub confusion: Vec<Vec<u64>>,
+    /// Per class, the share of its rows predicted as it (`None` without rows of the class).
+    pub recall: Vec<Option<f64>>,
+}
+
+/// The [`ClassBreakdown`] of `rows`: (raw votes or probabilities, expert consensus, prediction).
+pub fn per_class<'a>(
+    rows: impl IntoIterator<Item = (&'a [f64; N_CLASSES], Class, &'a [f64; N_CLASSES])>,
+) -> ClassBreakdown {
+    let mut kl = [0.0f64; N_CLASSES];
+    let mut confusion = [[0u64; N_CLASSES]; N_CLASSES];
+    let mut n = 0usize;
+    for (votes, consensus, pred) in rows {
+        let total: f64 = votes.iter().sum();
+        let s = votes.map(|v| if total > 0.0 { v / total } else { 0.0 });
+        for (k, t) in row_kl_terms(&s, pred).into_iter().enumerate() {
+            kl[k] += t;
+        }
+        let argmax = (0..N_CLASSES)
+            .max_by(|&a, &b| pred[a].total_cmp(&pred[b]).then(b.cmp(&a)))
+            .unwrap_or(0);
+        confusion[consensus.index()][argmax] += 1;
+        n += 1;
+    }
+    let rows: Vec<u64> = confusion.iter().map(|r| r.iter().sum()).collect();
+    ClassBreakdown {
+        classes: CLASS_NAMES.iter().map(|c| c.to_string()).collect(),
+        kl: kl.iter().map(|v| v / n.max(1) as f64).collect(),
+        recall: (0..N_CLASSES)
+            .map(|i| (rows[i] > 0).then(|| confusion[i][i] as f64 / rows[i] as f64))
+            .collect(),
+        confusion: confusion.iter().map(|r| r.to_vec()).collect(),
+        rows,
+    }
 }
 
 /// Keras `KLDivergence()` over a batch: rows of `y_true` and `y_pred` (six values each).
@@ -225,5 +281,35 @@ mod tests {
             [0.0, 0.5, 0.5, 0.0, 0.0, 0.0],
         ]);
         assert_eq!(p, [0.5, 0.25, 0.25, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn per_class_terms_add_up_to_the_kaggle_kl_and_count_the_argmax() {
+        let votes = [
+            [3.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0, 0.0, 2.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 5.0],
+        ];
+        let consensus = [Class::Seizure, Class::Gpd, Class::Other];
+        let pred = [
+            [0.5, 0.3, 0.05, 0.05, 0.05, 0.05],
+            [0.1, 0.1, 0.2, 0.1, 0.1, 0.4],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        ];
+        let b = per_class((0..3).map(|i| (&votes[i], consensus[i], &pred[i])));
+        let solution: Vec<ProbRow> = (0..3).map(|i| row(i as i64, votes[i])).collect();
+        let submission: Vec<ProbRow> = (0..3).map(|i| row(i as i64, pred[i])).collect();
+        let kl = kaggle_kl(&solution, "s", &submission, "p").unwrap();
+        assert!((b.kl.iter().sum::<f64>() - kl).abs() < 1e-12);
+        // Seizure's term: 0.75 · ln(0.75 / 0.5) over 3 rows.
+        assert!((b.kl[0] - 0.75 * (1.5f64).ln() / 3.0).abs() < 1e-12);
+        assert_eq!(b.classes[0], "Seizure");
+        assert_eq!(b.rows, vec![1, 0, 1, 0, 0, 1]);
+        // The GPD row's most probable prediction is Other.
+        assert_eq!(b.confusion[2][5], 1);
+        assert_eq!(b.confusion[0][0], 1);
+        assert_eq!(b.recall[0], Some(1.0));
+        assert_eq!(b.recall[2], Some(0.0));
+        assert_eq!(b.recall[1], None);
     }
 }

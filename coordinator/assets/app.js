@@ -186,12 +186,55 @@
     valueCell(total, r.cv, 4, "ensemble/cv");
     cell(total, "");
     table.appendChild(total);
+    const perClass = renderPerClass(r);
     const files = el("p");
     for (const f of run.files) {
       files.appendChild(fileLink(f, f));
       files.appendChild(document.createTextNode(" "));
     }
-    box.replaceChildren(table, files);
+    box.replaceChildren(table, ...perClass, files);
+  }
+
+  // Per class, out of fold, for the ensemble and each architecture: the class's share of the
+  // KL, recall of expert_consensus, and the confusion matrix (rows: expert_consensus, columns:
+  // the most probable predicted class). Cells carry data-key "<model>/<class>/kl|recall|<to>".
+  function renderPerClass(r) {
+    const pc = r.per_class || {};
+    const keys = ["ensemble", ...r.archs].filter((k) => pc[k]);
+    if (!keys.length) return [];
+    const details = el("details");
+    details.id = "per-class";
+    details.open = true;
+    details.appendChild(el("summary", "Per class (out of fold): share of the KL, recall, confusion"));
+    for (const key of keys) {
+      const b = pc[key];
+      const table = el("table", null, "per-class");
+      table.dataset.model = key;
+      const caption = el("caption", key === "ensemble" ? "ensemble" : key);
+      table.appendChild(caption);
+      const head = el("tr");
+      head.appendChild(el("th", "expert_consensus"));
+      head.appendChild(el("th", "rows", "num"));
+      head.appendChild(el("th", "KL share", "num"));
+      head.appendChild(el("th", "recall", "num"));
+      for (const c of b.classes) head.appendChild(el("th", "→ " + c, "num"));
+      table.appendChild(head);
+      b.classes.forEach((c, i) => {
+        const tr = el("tr");
+        tr.dataset.class = c;
+        cell(tr, c);
+        valueCell(tr, b.rows[i], 0, key + "/" + c + "/rows");
+        valueCell(tr, b.kl[i], 4, key + "/" + c + "/kl");
+        valueCell(tr, b.recall[i], 2, key + "/" + c + "/recall");
+        b.confusion[i].forEach((n, j) => {
+          const td = valueCell(tr, n, 0, key + "/" + c + "/" + b.classes[j]);
+          if (i === j) td.classList.add("diagonal");
+        });
+        table.appendChild(tr);
+      });
+      details.appendChild(table);
+    }
+    return [details];
   }
 
   function renderFigures(run, figures) {

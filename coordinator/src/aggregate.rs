@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use hbac_common::error::Location;
 use hbac_common::hms::tables::{self, ProbRow};
 use hbac_common::hms::{N_CLASSES, VOTE_COLUMNS};
-use hbac_common::metric;
+use hbac_common::metric::{self, ClassBreakdown};
 use hbac_common::plot::cv_svg;
 use hbac_common::records::{self, JobSummary};
 use hbac_common::storage::Store;
@@ -38,7 +38,15 @@ pub struct Report {
     /// `submission.csv` rows (0 without a test set).
     pub test_rows: usize,
     pub jobs: Vec<JobLine>,
+    /// Per class, out of fold: each architecture's and the ensemble's (key `ensemble`) share
+    /// of the KL per class and confusion matrix against `expert_consensus` (absent from
+    /// reports of older hbac versions).
+    #[serde(default)]
+    pub per_class: BTreeMap<String, ClassBreakdown>,
 }
+
+/// The key of the blended predictions in [`Report::per_class`].
+pub const ENSEMBLE: &str = "ensemble";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobLine {
@@ -200,11 +208,23 @@ pub async fn aggregate(
         });
     }
 
+    let by_label: HashMap<i64, &tables::TrainRow> = rows.iter().map(|r| (r.label_id, r)).collect();
+    let breakdown = |pred: &mut dyn Iterator<Item = (&i64, &[f64; N_CLASSES])>| {
+        metric::per_class(pred.map(|(l, p)| {
+            let row = by_label[l];
+            (&row.votes, row.expert_consensus, p)
+        }))
+    };
     let mut cv_by_arch = BTreeMap::new();
+    let mut per_class = BTreeMap::new();
     for (a, name) in archs.iter().enumerate() {
         let rows: Vec<(i64, [f64; N_CLASSES])> =
             oof[a].iter().map(|(l, (p, _))| (*l, *p)).collect();
         cv_by_arch.insert(name.clone(), score(&rows, &votes)?);
+        per_class.insert(
+            name.clone(),
+            breakdown(&mut oof[a].iter().map(|(l, (p, _))| (l, p))),
+        );
     }
     // Weights on the rows every architecture predicted.
     let common: Vec<i64> = oof[0]
@@ -232,7 +252,10 @@ pub async fn aggregate(
 
     // oof.csv (the blend, with fold and label_id), submissions.
     let oof_rows: Vec<(i64, [f64; N_CLASSES])> = blended(&weights);
-    let by_label: HashMap<i64, &tables::TrainRow> = rows.iter().map(|r| (r.label_id, r)).collect();
+    per_class.insert(
+        ENSEMBLE.to_string(),
+        breakdown(&mut oof_rows.iter().map(|(l, p)| (l, p))),
+    );
     let prob: Vec<ProbRow> = oof_rows
         .iter()
         .map(|(l, p)| ProbRow {
@@ -290,6 +313,7 @@ pub async fn aggregate(
         oof_rows: oof_rows.len(),
         test_rows,
         jobs: lines,
+        per_class,
     };
     out.put(
         "report.json",

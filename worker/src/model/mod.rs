@@ -22,6 +22,7 @@ use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d};
 use serde::{Deserialize, Serialize};
 
 use self::efficientnetv2::EfficientNetV2;
+pub use self::init::InitScheme;
 use self::layers::{BnSpec, LayerShape, Path};
 use self::mobilenetv3::MobileNetV3;
 use crate::ops::FusedOps;
@@ -108,6 +109,10 @@ pub struct ModelConfig {
     /// Average-pool the input by this factor first (1 = full resolution; > 1 for fast tests).
     #[config(default = 1)]
     pub downsample: usize,
+    /// How [`ModelConfig::init_seeded`] draws the initial weights; `None` is
+    /// [`InitScheme::Torch`] (and what configs written before the choice existed hold).
+    #[config(default = "None")]
+    pub init: Option<InitScheme>,
 }
 
 /// The backbone of either architecture.
@@ -158,10 +163,15 @@ pub struct Model<B: Backend> {
 }
 
 impl ModelConfig {
-    /// Builds the model with weights drawn from `seed` alone ([`init::seeded`]): the same on
-    /// every backend, whatever else the process draws.
+    /// Builds the model with weights drawn from `seed` alone under the config's scheme
+    /// ([`init::seeded`]): the same on every backend, whatever else the process draws.
     pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Model<B> {
-        init::seeded(self.init(device), seed)
+        init::seeded(
+            self.init(device),
+            seed,
+            self.init.unwrap_or_default(),
+            self.arch,
+        )
     }
 
     /// Builds the model with fresh weights from the backend's own generator on `device` (for
