@@ -505,6 +505,78 @@ async fn a_wrong_token_or_protocol_version_is_refused() {
     handle.abort();
 }
 
+/// A worker process confined to its storage roots refuses an order whose pretrained weights
+/// lie elsewhere, without reading them; an order it cannot train (a MixUp alpha of -1) fails
+/// at once, not retried, with the field named, instead of panicking on every worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_refuses_orders_outside_its_roots_and_invalid_orders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::synth(&tmp.path().join("data"), 6, 7);
+    let secret = tmp.path().join("elsewhere/weights.pth");
+    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    std::fs::write(&secret, b"not for this worker").unwrap();
+    let worker = |addr: &str, out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hbac"))
+            .args(["worker", "--coordinator", &format!("http://{addr}")])
+            .args(["--id", "confined", "--patience", "10", "--storage-root"])
+            .arg(format!("{data},{}", out.display()))
+            .env("HBAC_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stderr_of = |mut child: std::process::Child| {
+        tokio::task::spawn_blocking(move || {
+            let _ = child.wait();
+            let mut text = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut text).unwrap();
+            text
+        })
+    };
+
+    let out = tmp.path().join("run-roots");
+    let mut confined = plan(&data, &out, 2);
+    confined.archs.truncate(1);
+    confined.archs[0].1["pretrained"] = secret.display().to_string().into();
+    let handle = start(confined, settings(5_000, 60_000)).await;
+    let child = worker(&handle.addr.to_string(), &out);
+    let err = handle.wait().await.unwrap_err().to_string();
+    let stderr = stderr_of(child).await.unwrap();
+    let path = secret.display().to_string();
+    assert!(
+        err.contains("outside its storage roots") && err.contains(&path),
+        "{err}"
+    );
+    // Every attempt was refused before anything was read.
+    let failures: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("job failed"))
+        .collect();
+    assert!(!failures.is_empty(), "{stderr}");
+    assert!(
+        failures
+            .iter()
+            .all(|l| l.contains("outside its storage roots")),
+        "{stderr}"
+    );
+
+    let out = tmp.path().join("run-invalid");
+    let mut invalid = plan(&data, &out, 2);
+    invalid.archs.truncate(1);
+    invalid.archs[0].1["augment"]["mixup_alpha"] = (-1.0).into();
+    let handle = start(invalid, settings(5_000, 60_000)).await;
+    let shared = handle.shared.clone();
+    let child = worker(&handle.addr.to_string(), &out);
+    let err = handle.wait().await.unwrap_err().to_string();
+    let stderr = stderr_of(child).await.unwrap();
+    assert!(err.contains("train.augment.mixup_alpha"), "{err}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Refused as not retryable: the failing job ran one attempt, not the budget of three.
+    let attempts: Vec<u32> = shared.status().jobs.iter().map(|j| j.attempt).collect();
+    assert!(attempts.iter().all(|a| *a <= 1), "{attempts:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_input_fails_the_run_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();

@@ -289,6 +289,28 @@ pub async fn aggregate(
             )
             .await?;
         }
+        // Every architecture must have predicted the same test rows (a job's test.csv from
+        // another data set, or cut short, would otherwise blend nothing into a row).
+        for (a, m) in means.iter().enumerate().skip(1) {
+            let differ = means[0]
+                .keys()
+                .find(|id| !m.contains_key(id))
+                .map(|id| (id, &archs[0], &archs[a]))
+                .or_else(|| {
+                    m.keys()
+                        .find(|id| !means[0].contains_key(id))
+                        .map(|id| (id, &archs[a], &archs[0]))
+                });
+            if let Some((id, has, lacks)) = differ {
+                return Err(Error::invalid(
+                    Location::file(out.url(&format!("submission-{lacks}.csv"))),
+                    format!(
+                        "the architectures' test predictions differ: eeg_id {id} is predicted \
+                         by {has} but not by {lacks}"
+                    ),
+                ));
+            }
+        }
         let sub: Vec<ProbRow> = means[0]
             .keys()
             .map(|id| {
@@ -364,5 +386,104 @@ mod tests {
         let b = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0];
         let m = blend(&[&a, &b], &[0.25, 0.75]);
         assert_eq!(m, [0.25, 0.75, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// Two architectures whose test predictions cover different eeg_ids: an error naming the
+    /// row and the file, not a panic that would end the coordinator's drive task.
+    #[tokio::test]
+    async fn architectures_that_predicted_different_test_rows_fail_with_the_row_named() {
+        use hbac_common::folds::KFold;
+        use hbac_common::hms::Class;
+        use hbac_common::preprocess::{LabelMode, SampleSelection};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = |p: &str| tmp.path().join(p).display().to_string();
+        let rows: Vec<tables::TrainRow> = (0..4)
+            .map(|i| tables::TrainRow {
+                eeg_id: 100 + i,
+                eeg_sub_id: 0,
+                eeg_label_offset_seconds: 0.0,
+                spectrogram_id: 200 + i,
+                spectrogram_sub_id: 0,
+                spectrogram_label_offset_seconds: 0.0,
+                label_id: 300 + i,
+                patient_id: i,
+                expert_consensus: Class::Seizure,
+                votes: [3.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+            })
+            .collect();
+        let data = Store::create(&root("data")).unwrap();
+        data.put("train.csv", tables::write_train_csv(&rows))
+            .await
+            .unwrap();
+        let p = |eeg_id| ProbRow {
+            eeg_id,
+            values: [0.5, 0.1, 0.1, 0.1, 0.1, 0.1],
+        };
+        let mut jobs = Vec::new();
+        let mut done = HashMap::new();
+        for (arch, test_ids) in [("a", [7, 8]), ("b", [7, 9])] {
+            let id = format!("{arch}-fold0");
+            let dir = Store::create(&root(&id)).unwrap();
+            let oof: Vec<ProbRow> = rows.iter().map(|r| p(r.eeg_id)).collect();
+            let labels: Vec<i64> = rows.iter().map(|r| r.label_id).collect();
+            let folds = vec![0; rows.len()];
+            let mut csv = tables::write_prob_csv(&oof, Some(("label_id", &labels)));
+            // oof.csv carries the fold too: rebuild it with both columns.
+            let text = String::from_utf8(csv).unwrap();
+            let mut lines = text.lines();
+            let mut fixed = format!("{},fold\n", lines.next().unwrap());
+            for (line, f) in lines.zip(&folds) {
+                fixed.push_str(&format!("{line},{f}\n"));
+            }
+            csv = fixed.into_bytes();
+            dir.put(records::OOF, csv).await.unwrap();
+            let test: Vec<ProbRow> = test_ids.iter().map(|i| p(*i)).collect();
+            dir.put(records::TEST, tables::write_prob_csv(&test, None))
+                .await
+                .unwrap();
+            jobs.push(JobDef {
+                id: id.clone(),
+                arch: arch.into(),
+                fold: 0,
+            });
+            done.insert(
+                id.clone(),
+                JobResult {
+                    lease_id: "l".into(),
+                    out_url: root(&id),
+                    summary_json: "{}".into(),
+                    attempt: 1,
+                    worker: "w".into(),
+                },
+            );
+        }
+        let plan = Plan {
+            data: root("data"),
+            cache: root("cache"),
+            out: root("run"),
+            kfold: KFold {
+                k: 2,
+                shuffle: true,
+                seed: Some(42),
+            },
+            selection: SampleSelection::FirstPerSpectrogram,
+            labels: LabelMode::Votes,
+            archs: vec![
+                ("a".into(), serde_json::json!({})),
+                ("b".into(), serde_json::json!({})),
+            ],
+            io_concurrency: 1,
+        };
+        let out = Store::create(&root("run")).unwrap();
+        let err = aggregate(&plan, &jobs, &done, &out)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("eeg_id 8") && err.contains("submission-b.csv"),
+            "{err}"
+        );
+        assert!(!out.exists("submission.csv").await.unwrap());
+        assert!(!out.exists("report.json").await.unwrap());
     }
 }

@@ -106,12 +106,14 @@ pub fn under_roots(url: &str, roots: &[String]) -> bool {
         })
 }
 
-/// The first URL of `order` outside `roots`, if any.
+/// The first URL of `order` outside `roots`, if any: its data, cache, output and resume
+/// folders and the pretrained weights it would read.
 fn outside_roots<'a>(order: &'a JobOrder, roots: &[String]) -> Option<&'a str> {
     [&order.data, &order.cache, &order.out]
         .into_iter()
-        .chain(order.resume.as_ref())
         .map(String::as_str)
+        .chain(order.resume.as_deref())
+        .chain(order.train["pretrained"].as_str())
         .find(|u| !under_roots(u, roots))
 }
 
@@ -621,5 +623,35 @@ mod tests {
         assert!(!under_roots("/runs/r10", &roots));
         assert!(!under_roots("s3://evil/data", &roots));
         assert!(under_roots("anything", &[]));
+    }
+
+    #[test]
+    fn an_orders_pretrained_weights_must_lie_under_the_roots_too() {
+        let mut order = JobOrder {
+            job_id: "j".into(),
+            arch: "mobilenetv3-large".into(),
+            fold: 0,
+            data: "s3://b/data".into(),
+            cache: "s3://b/data/cache".into(),
+            out: "/runs/r1/jobs/j".into(),
+            kfold: hbac_common::folds::KFold {
+                k: 5,
+                shuffle: true,
+                seed: Some(42),
+            },
+            selection: hbac_common::preprocess::SampleSelection::FirstPerSpectrogram,
+            labels: hbac_common::preprocess::LabelMode::Votes,
+            train: serde_json::json!({"pretrained": null}),
+            io_concurrency: 4,
+            resume: None,
+        };
+        let roots = vec!["s3://b/data/".to_string(), "/runs/r1".to_string()];
+        assert_eq!(outside_roots(&order, &roots), None);
+        order.train["pretrained"] = "s3://b/data/w.pth".into();
+        assert_eq!(outside_roots(&order, &roots), None);
+        order.train["pretrained"] = "s3://other/w.pth".into();
+        assert_eq!(outside_roots(&order, &roots), Some("s3://other/w.pth"));
+        order.resume = Some("/elsewhere".into());
+        assert_eq!(outside_roots(&order, &roots), Some("/elsewhere"));
     }
 }

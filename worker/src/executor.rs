@@ -51,6 +51,7 @@ pub fn retryable(e: &TrainError) -> bool {
 async fn spec(order: JobOrder) -> Result<JobSpec, TrainError> {
     let train: TrainConfig = serde_json::from_value(order.train)
         .map_err(|e| TrainError::Config(format!("training configuration: {e}")))?;
+    train.validate().map_err(TrainError::Config)?;
     Ok(JobSpec {
         data: Store::open(&order.data)?,
         cache: Store::create(&order.cache)?,

@@ -66,6 +66,121 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks every field a training order could carry wrong (it comes over the network):
+    /// counts in range, probabilities in [0, 1], positive finite rates and scales. The error
+    /// names the field (`train.augment.mixup_alpha: …`). Training only ever runs a config that
+    /// passed: nothing downstream (augmentation draws, the schedule, the model's shapes) can
+    /// then panic on it.
+    pub fn validate(&self) -> Result<(), String> {
+        fn check(
+            ok: bool,
+            field: &str,
+            want: &str,
+            got: impl std::fmt::Debug,
+        ) -> Result<(), String> {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("train.{field}: must be {want}, got {got:?}"))
+            }
+        }
+        let prob = |v: f64| (0.0..=1.0).contains(&v);
+        let pos = |v: f64| v.is_finite() && v > 0.0;
+        let nonneg = |v: f64| v.is_finite() && v >= 0.0;
+        let m = &self.model;
+        check(
+            m.num_classes == N_CLASSES,
+            "model.num_classes",
+            "6",
+            m.num_classes,
+        )?;
+        check(
+            pos(m.width) && m.width <= 8.0,
+            "model.width",
+            "in (0, 8]",
+            m.width,
+        )?;
+        check(
+            (1..=32).contains(&m.downsample),
+            "model.downsample",
+            "in 1..=32",
+            m.downsample,
+        )?;
+        if let Some(b) = m.bn_momentum {
+            check(prob(b), "model.bn_momentum", "in [0, 1]", b)?;
+        }
+        check(
+            pos(m.bn_epsilon),
+            "model.bn_epsilon",
+            "positive",
+            m.bn_epsilon,
+        )?;
+        check(
+            (1..=100_000).contains(&self.epochs),
+            "epochs",
+            "in 1..=100000",
+            self.epochs,
+        )?;
+        check(
+            (1..=65_536).contains(&self.batch_size),
+            "batch_size",
+            "in 1..=65536",
+            self.batch_size,
+        )?;
+        check(
+            (1..=256).contains(&self.loader_threads),
+            "loader_threads",
+            "in 1..=256",
+            self.loader_threads,
+        )?;
+        if let OptimizerKind::AdamW { weight_decay } = self.optimizer {
+            check(
+                nonneg(weight_decay),
+                "optimizer.weight_decay",
+                "finite and not negative",
+                weight_decay,
+            )?;
+        }
+        if let Some(lr) = &self.lr {
+            for (name, v) in [("start", lr.start), ("max", lr.max), ("min", lr.min)] {
+                check(
+                    nonneg(v),
+                    &format!("lr.{name}"),
+                    "finite and not negative",
+                    v,
+                )?;
+            }
+            check(
+                lr.decay_epochs >= 1,
+                "lr.decay_epochs",
+                "at least 1",
+                lr.decay_epochs,
+            )?;
+        }
+        let a = &self.augment;
+        for (name, v) in [
+            ("mixup_prob", a.mixup_prob),
+            ("time_cutout_prob", a.time_cutout_prob),
+            ("freq_cutout_prob", a.freq_cutout_prob),
+        ] {
+            check(prob(v), &format!("augment.{name}"), "in [0, 1]", v)?;
+        }
+        check(
+            pos(a.mixup_alpha),
+            "augment.mixup_alpha",
+            "positive and finite",
+            a.mixup_alpha,
+        )?;
+        let (lo, hi) = a.cutout_fraction;
+        check(
+            prob(lo) && prob(hi) && lo <= hi,
+            "augment.cutout_fraction",
+            "a range (low, high) with 0 <= low <= high <= 1",
+            a.cutout_fraction,
+        )?;
+        Ok(())
+    }
+
     /// The learning-rate schedule in force.
     pub fn schedule(&self) -> LrSchedule {
         self.lr
@@ -188,11 +303,7 @@ pub fn train<B: TrainBackend>(
     if train.is_empty() {
         return Err(TrainError::Config("no training samples".into()));
     }
-    if cfg.epochs == 0 || cfg.batch_size == 0 {
-        return Err(TrainError::Config(
-            "epochs and batch size must be at least 1".into(),
-        ));
-    }
+    cfg.validate().map_err(TrainError::Config)?;
     let mut model: Model<B> = cfg.model.init_seeded(cfg.seed, device);
     if resume.is_none()
         && let Some(weights) = init
@@ -599,5 +710,84 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("does not belong"), "{e}");
+    }
+
+    /// Orders come over the network: any config that passes `validate` trains without a
+    /// panic in the parts its numbers reach (augmentation draws, the schedule), and any that
+    /// fails names a field. Random configs, many of them wrong in one or more fields.
+    #[test]
+    fn validation_stops_every_config_that_could_panic_and_names_the_field() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let wild = |rng: &mut rand_chacha::ChaCha8Rng, good: f64| -> f64 {
+            match rng.random_range(0..30) {
+                0 => f64::NAN,
+                1 => f64::INFINITY,
+                2 => -rng.random_range(0.0..2.0),
+                3 => rng.random_range(1.0..3.0),
+                4 => 0.0,
+                _ => good,
+            }
+        };
+        let (mut passed, mut refused) = (0, 0);
+        for _ in 0..2000 {
+            let model = ModelConfig::new(Arch::MobileNetV3Large)
+                .with_width(wild(&mut rng, 0.25))
+                .with_downsample(rng.random_range(0..40))
+                .with_bn_momentum(Some(wild(&mut rng, 0.9)))
+                .with_bn_epsilon(wild(&mut rng, 1e-3));
+            let augment = crate::train::augment::AugmentConfig {
+                mixup_prob: wild(&mut rng, 0.5),
+                mixup_alpha: wild(&mut rng, 2.0),
+                time_cutout_prob: wild(&mut rng, 0.5),
+                freq_cutout_prob: wild(&mut rng, 0.5),
+                cutout_fraction: (wild(&mut rng, 0.06), wild(&mut rng, 0.1)),
+            };
+            let cfg = TrainConfig::new(model)
+                .with_epochs(rng.random_range(0..4))
+                .with_batch_size(rng.random_range(0..4))
+                .with_loader_threads(rng.random_range(0..3))
+                .with_augment(augment);
+            match cfg.validate() {
+                Err(e) => {
+                    assert!(e.starts_with("train."), "{e}");
+                    refused += 1;
+                }
+                Ok(()) => {
+                    passed += 1;
+                    let device = Default::default();
+                    let x = Tensor::<Flex, 4>::ones([3, 1, 8, 10], &device);
+                    let y = Tensor::<Flex, 2>::ones([3, 6], &device);
+                    for _ in 0..4 {
+                        let _ = crate::train::augment::augment(
+                            &cfg.augment,
+                            &mut rng,
+                            x.clone(),
+                            y.clone(),
+                        );
+                    }
+                    let s = cfg.schedule();
+                    assert!((0..cfg.epochs).all(|e| s.lr(e).is_finite()));
+                }
+            }
+        }
+        assert!(
+            passed > 100 && refused > 500,
+            "{passed} passed, {refused} refused"
+        );
+        // The field is named.
+        let mut cfg = TrainConfig::new(ModelConfig::new(Arch::EfficientNetV2B2));
+        cfg.augment.mixup_alpha = -1.0;
+        let e = cfg.validate().unwrap_err();
+        assert!(e.contains("train.augment.mixup_alpha"), "{e}");
+        cfg.augment.mixup_alpha = 2.0;
+        cfg.augment.cutout_fraction = (0.2, 0.1);
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .contains("augment.cutout_fraction")
+        );
+        cfg.augment.cutout_fraction = (0.06, 0.1);
+        assert_eq!(cfg.validate(), Ok(()));
     }
 }
