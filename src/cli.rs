@@ -32,6 +32,9 @@ pub enum Command {
     Synth(SynthArgs),
     /// Convert every referenced spectrogram parquet to the .npy cache (parallel, resumable).
     Prepare(PrepareArgs),
+    /// Write the public reference's mel-spectrogram image of one 50-s EEG window as .npy:
+    /// float32 [4, 128, 256] (chains LL, RL, LP, RP; mel bands 0–20 Hz low to high; frames).
+    EegSpectrogram(EegSpectrogramArgs),
     /// Assign scikit-learn-exact StratifiedGroupKFold folds to train.csv rows.
     Folds(FoldsArgs),
     /// Score a submission with the Kaggle KL divergence; the last line is `kl_divergence <value>`.
@@ -196,6 +199,19 @@ pub struct FoldsArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Output CSV (path or URL): the input rows in order, with a `fold` column appended.
+    #[arg(long)]
+    pub out: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EegSpectrogramArgs {
+    /// An EEG parquet file (path or URL): the 20 Kaggle columns at 200 Hz.
+    #[arg(long)]
+    pub eeg: String,
+    /// Start of the 50-s window, seconds (train.csv's eeg_label_offset_seconds; 0 for test EEGs).
+    #[arg(long, default_value_t = 0.0)]
+    pub offset: f64,
+    /// Where to write the .npy (path or URL).
     #[arg(long)]
     pub out: String,
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use hbac_common::folds::{self, KFold};
-use hbac_common::hms::tables;
+use hbac_common::hms::{eeg, tables};
 use hbac_common::metric;
 use hbac_common::prepare;
 use hbac_common::storage::Store;
@@ -11,8 +11,8 @@ use tracing::{info, warn};
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    Command, FoldsArgs, ModelBenchArgs, ModelCheckArgs, ModelCommand, ModelSummaryArgs,
-    PredictArgs, PrepareArgs, ScoreArgs, SynthArgs, TrainArgs,
+    Command, EegSpectrogramArgs, FoldsArgs, ModelBenchArgs, ModelCheckArgs, ModelCommand,
+    ModelSummaryArgs, PredictArgs, PrepareArgs, ScoreArgs, SynthArgs, TrainArgs,
 };
 
 /// Runs one subcommand to completion.
@@ -20,6 +20,7 @@ pub async fn run(command: Command) -> Result<()> {
     match command {
         Command::Synth(a) => synth(a).await,
         Command::Prepare(a) => prepare(a).await,
+        Command::EegSpectrogram(a) => eeg_spectrogram(a).await,
         Command::Folds(a) => folds(a).await,
         Command::Score(a) => score(a).await,
         Command::Model(ModelCommand::Summary(a)) => model_summary(a),
@@ -308,6 +309,26 @@ async fn write_file(url: &str, bytes: Vec<u8>) -> Result<()> {
         .put(&name, bytes)
         .await
         .with_context(|| format!("writing {url}"))
+}
+
+async fn eeg_spectrogram(a: EegSpectrogramArgs) -> Result<()> {
+    let (bytes, file) = read_file(&a.eeg).await?;
+    let recording = eeg::read_eeg(bytes, &file)?;
+    let image = eeg::eeg_image(&recording, a.offset, &file)?;
+    write_file(&a.out, eeg::encode(&image).to_vec()).await?;
+    let (lo, hi) = image
+        .data
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+            (l.min(v), h.max(v))
+        });
+    println!(
+        "wrote {}: float32 {:?} (chains LL, RL, LP, RP × mel bands × frames) from {file} at {} s; values {lo:.3}..{hi:.3}",
+        a.out,
+        eeg::SHAPE,
+        a.offset
+    );
+    Ok(())
 }
 
 async fn folds(a: FoldsArgs) -> Result<()> {

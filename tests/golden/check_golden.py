@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Regenerates the golden files with the installed scikit-learn into a temporary directory
-and checks that the committed ones are identical (same data, same folds, errors, warnings).
+"""Regenerates the golden files into a temporary directory and checks the committed ones:
+the folds with the installed scikit-learn (identical: same data, same folds, errors, warnings),
+and the EEG mel spectrograms with the installed librosa (same recording; images within 1e-5).
 
-    python3 tests/golden/check_golden.py
+    python3 tests/golden/check_golden.py           # both
+    python3 tests/golden/check_golden.py folds     # or one: folds | eeg
 """
 import json
 import pathlib
@@ -11,7 +13,9 @@ import sys
 import tempfile
 
 here = pathlib.Path(__file__).resolve().parent
-with tempfile.TemporaryDirectory() as tmp:
+
+
+def check_folds(tmp):
     subprocess.run([sys.executable, str(here / "make_folds_golden.py"), tmp], check=True, capture_output=True)
     bad = []
     for committed in sorted(here.glob("*.json")):
@@ -22,5 +26,33 @@ with tempfile.TemporaryDirectory() as tmp:
             bad.append(committed.name)
     import sklearn
 
-    print(f"golden files vs scikit-learn {sklearn.__version__}: {'identical' if not bad else 'DIFFER: ' + ', '.join(bad)}")
-    sys.exit(1 if bad else 0)
+    print(f"fold golden files vs scikit-learn {sklearn.__version__}: {'identical' if not bad else 'DIFFER: ' + ', '.join(bad)}")
+    return not bad
+
+
+def check_eeg(tmp):
+    import librosa
+    import numpy as np
+    import pandas as pd
+
+    committed = here / "eeg"
+    subprocess.run([sys.executable, str(committed / "make_eeg_golden.py"), tmp], check=True, capture_output=True)
+    fresh = pathlib.Path(tmp)
+    meta = json.loads((committed / "cases.json").read_text())
+    ok = pd.read_parquet(committed / meta["recording"]).equals(pd.read_parquet(fresh / meta["recording"]))
+    worst = 0.0
+    for case in meta["cases"]:
+        a, b = np.load(committed / case["image"]), np.load(fresh / case["image"])
+        worst = max(worst, float(np.abs(a - b).max()) if a.shape == b.shape else float("inf"))
+    ok = ok and worst <= 1e-5
+    print(f"EEG golden files (librosa {meta['librosa']}) vs librosa {librosa.__version__}: "
+          f"recording {'identical' if ok else 'DIFFERS'}, images max |difference| {worst:.2e}")
+    return ok
+
+
+which = sys.argv[1:] or ["folds", "eeg"]
+results = []
+for name in which:
+    with tempfile.TemporaryDirectory() as tmp:
+        results.append({"folds": check_folds, "eeg": check_eeg}[name](tmp))
+sys.exit(0 if all(results) else 1)

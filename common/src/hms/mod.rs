@@ -2,8 +2,10 @@
 //! line and column of every problem.
 //!
 //! * [`tables`] — `train.csv`, `test.csv`, `sample_submission.csv`/submissions;
-//! * [`spectrogram`] — spectrogram parquet (`time` + 400 named power columns) and EEG parquet.
+//! * [`spectrogram`] — spectrogram parquet (`time` + 400 named power columns) and EEG parquet;
+//! * [`eeg`] — raw EEG windows → the public reference's mel spectrograms (librosa-exact).
 
+pub mod eeg;
 pub mod spectrogram;
 pub mod tables;
 

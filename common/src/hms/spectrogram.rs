@@ -82,7 +82,7 @@ impl Spectrogram {
     }
 }
 
-fn open(bytes: Bytes, file: &str) -> Result<ParquetRecordBatchReaderBuilder<Bytes>> {
+pub(crate) fn open(bytes: Bytes, file: &str) -> Result<ParquetRecordBatchReaderBuilder<Bytes>> {
     if bytes.is_empty() {
         return Err(Error::invalid(
             Location::file(file),
@@ -98,7 +98,7 @@ fn open(bytes: Bytes, file: &str) -> Result<ParquetRecordBatchReaderBuilder<Byte
 }
 
 /// Checks names (exact set and order) and float types.
-fn check_columns(schema: &Schema, expected: &[&str], file: &str) -> Result<()> {
+pub(crate) fn check_columns(schema: &Schema, expected: &[&str], file: &str) -> Result<()> {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     let loc = || Location::file(file);
     if let Some(missing) = expected.iter().find(|e| !names.contains(e)) {
@@ -127,7 +127,7 @@ fn check_columns(schema: &Schema, expected: &[&str], file: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_float(field: &Field, file: &str) -> Result<()> {
+pub(crate) fn check_float(field: &Field, file: &str) -> Result<()> {
     match field.data_type() {
         DataType::Float32 | DataType::Float64 => Ok(()),
         other => Err(Error::invalid(
