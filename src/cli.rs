@@ -182,6 +182,11 @@ pub struct PrepareArgs {
     /// Files converted at once.
     #[arg(long, default_value_t = default_jobs())]
     pub jobs: usize,
+    /// Also compute the mel-spectrogram image of every labelled 50-s EEG window (train_eegs/,
+    /// test_eegs/) into <cache>/train_eeg_spectrograms/ and test_eeg_spectrograms/ (see
+    /// `hbac eeg-spectrogram`).
+    #[arg(long)]
+    pub eeg: bool,
 }
 
 #[derive(Debug, Args)]

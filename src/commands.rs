@@ -1,6 +1,7 @@
 //! Each subcommand: turn its arguments into library calls and print a short summary.
 
 use anyhow::{Context, Result};
+use hbac_common::eeg_cache;
 use hbac_common::folds::{self, KFold};
 use hbac_common::hms::{eeg, tables};
 use hbac_common::metric;
@@ -278,6 +279,22 @@ async fn prepare(a: PrepareArgs) -> Result<()> {
         s.converted as f64 / s.seconds.max(1e-9),
         mb(s.bytes_read) / s.seconds.max(1e-9),
     );
+    if a.eeg {
+        let e = eeg_cache::prepare(&data, &cache, a.jobs).await?;
+        println!(
+            "EEG images in {}: {} computed from {} EEG files, {} already present ({} train windows, {} test); read {:.1} MB, wrote {:.1} MB in {:.2} s ({:.1} images/s)",
+            cache.root(),
+            e.converted,
+            e.files,
+            e.skipped,
+            e.manifest.train,
+            e.manifest.test,
+            mb(e.bytes_read),
+            mb(e.bytes_written),
+            e.seconds,
+            e.converted as f64 / e.seconds.max(1e-9),
+        );
+    }
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! * [`npy`] — the `.npy` spectrogram cache format (`numpy.load` reads it);
 //! * [`preprocess`] — the reference pipeline: sample selection, windows, normalisation, labels;
 //! * [`prepare`] — the parquet → `.npy` cache conversion (`hbac prepare`);
+//! * [`eeg_cache`] — the EEG window → mel-spectrogram image cache (`hbac prepare --eeg`);
 //! * [`folds`] — scikit-learn-exact `StratifiedGroupKFold`, including numpy's legacy RNG;
 //! * [`metric`] — the Kaggle KL-divergence score and the Keras KL loss;
 //! * [`synth`] — deterministic synthetic HMS data sets with learnable class signal;
@@ -15,6 +16,7 @@
 //! * [`records`] — the typed files of a job attempt (summary, metrics, saved training states);
 //! * [`progress`] — progress bars shared by every long-running command.
 
+pub mod eeg_cache;
 pub mod error;
 pub mod folds;
 pub mod hms;

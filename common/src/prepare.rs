@@ -40,7 +40,8 @@ impl Split {
         }
     }
 
-    fn csv(self) -> &'static str {
+    /// The table that lists the split's rows.
+    pub fn csv(self) -> &'static str {
         match self {
             Split::Train => "train.csv",
             Split::Test => "test.csv",
