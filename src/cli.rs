@@ -160,9 +160,14 @@ pub struct SynthArgs {
     /// Test spectrograms (10 minutes each).
     #[arg(long = "test", default_value_t = 10)]
     pub test_spectrograms: usize,
-    /// EEG parquet files to write (schema examples).
+    /// EEG parquet files to write (schema examples: 50 s of noise).
     #[arg(long, default_value_t = 3)]
     pub eeg_files: usize,
+    /// Write every train and test EEG (train_eegs/, test_eegs/) instead, long enough for all
+    /// their labelled windows, each carrying its recording's class as waveforms (rhythmic
+    /// delta, periodic discharges, an evolving seizure rhythm) on the right electrodes.
+    #[arg(long)]
+    pub eegs: bool,
     /// Strength of the class signal in log-power units (0 = pure noise).
     #[arg(long, default_value_t = 1.5)]
     pub signal: f32,

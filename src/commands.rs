@@ -236,6 +236,7 @@ async fn synth(a: SynthArgs) -> Result<()> {
         seed: a.seed,
         test_spectrograms: a.test_spectrograms,
         eeg_files: a.eeg_files,
+        all_eegs: a.eegs,
         signal: a.signal,
         concurrency: a.jobs,
     };

@@ -295,3 +295,41 @@ fn prepare_eeg_caches_every_labelled_window_resumes_and_names_bad_rows() {
     );
     assert!(!cache.join("eeg_manifest.json").exists());
 }
+
+#[test]
+fn synth_eegs_then_prepare_eeg_images_every_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let out = ok(&[
+        "synth",
+        "--out",
+        d,
+        "--patients",
+        "4",
+        "--test",
+        "2",
+        "--eegs",
+    ]);
+    let rows = hbac_common::hms::tables::parse_train_csv(
+        &std::fs::read(tmp.path().join("train.csv")).unwrap(),
+        "train.csv",
+    )
+    .unwrap();
+    let eegs: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.eeg_id).collect();
+    assert!(
+        out.contains(&format!("{} EEG files", eegs.len() + 2)),
+        "{out}"
+    );
+    let windows: std::collections::BTreeSet<(i64, i64)> =
+        rows.iter().map(|r| (r.eeg_id, r.eeg_sub_id)).collect();
+    let out = ok(&["prepare", "--data", d, "--eeg"]);
+    assert!(
+        out.contains(&format!(
+            "{} computed from {} EEG files, 0 already present ({} train windows, 2 test)",
+            windows.len() + 2,
+            eegs.len() + 2,
+            windows.len()
+        )),
+        "{out}"
+    );
+}

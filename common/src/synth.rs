@@ -1,7 +1,7 @@
 //! Deterministic synthetic HMS data sets, in the exact Kaggle layout:
-//! `train.csv`, `train_spectrograms/`, `train_eegs/` (a few), `test.csv`,
-//! `test_spectrograms/`, `sample_submission.csv`, plus `test_labels.csv` (the hidden test
-//! votes, so `hbac score` can grade a submission).
+//! `train.csv`, `train_spectrograms/`, `train_eegs/` (a few, or all of them and `test_eegs/`
+//! with `all_eegs`), `test.csv`, `test_spectrograms/`, `sample_submission.csv`, plus
+//! `test_labels.csv` (the hidden test votes, so `hbac score` can grade a submission).
 //!
 //! Structure follows the real data: several spectrograms per patient, several labelled rows
 //! per spectrogram at different offsets, files of 10–30 minutes, NaN gaps, vote counts from
@@ -9,7 +9,8 @@
 //! annotators agree: Seizure — evolving rhythmic 3–8 Hz power on all chains; LPD/GPD —
 //! periodic broadband discharges on one side / on both sides; LRDA/GRDA — continuous delta
 //! (0.5–3 Hz) power on one side / on both sides; Other — background only. A good model can
-//! therefore get far below the prior-only KL.
+//! therefore get far below the prior-only KL. The EEGs (`all_eegs`) carry the same class, on
+//! the same side, as waveforms: see `eeg_signal`.
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use rand::{Rng, SeedableRng};
@@ -31,8 +32,13 @@ pub struct SynthConfig {
     pub seed: u64,
     /// Test spectrograms (exactly 10 minutes each, one unseen patient each).
     pub test_spectrograms: usize,
-    /// EEG parquet files written for the first training recordings (schema examples).
+    /// EEG parquet files written for the first training recordings (schema examples; 50 s of
+    /// noise each). Ignored when `all_eegs` is set.
     pub eeg_files: usize,
+    /// Write every training and test EEG (`train_eegs/`, `test_eegs/`), each long enough for
+    /// all its labelled windows and carrying its recording's class signal (`eeg_signal`).
+    #[serde(default)]
+    pub all_eegs: bool,
     /// Strength of the class marks in log-power units (0 = pure noise; default 1.5).
     pub signal: f32,
     /// Files generated and written at once.
@@ -46,6 +52,7 @@ impl Default for SynthConfig {
             seed: 42,
             test_spectrograms: 10,
             eeg_files: 3,
+            all_eegs: false,
             signal: 1.5,
             concurrency: 4,
         }
@@ -77,7 +84,7 @@ fn confusable(c: Class) -> Class {
     }
 }
 
-/// One spectrogram file to generate.
+/// One spectrogram (`rows` of 2 s) or EEG (`rows` samples at 200 Hz) file to generate.
 #[derive(Debug, Clone)]
 struct FilePlan {
     dir: &'static str,
@@ -151,6 +158,8 @@ struct Plan {
     test_labels: Vec<ProbRow>,
     files: Vec<FilePlan>,
     eegs: Vec<(i64, u64)>,
+    /// Every EEG recording, with the class signal of its spectrogram (`all_eegs`).
+    all_eegs: Vec<FilePlan>,
 }
 
 fn plan(cfg: &SynthConfig) -> Plan {
@@ -158,6 +167,7 @@ fn plan(cfg: &SynthConfig) -> Plan {
     let mut ids = std::collections::HashSet::new();
     let mut patients = std::collections::HashSet::new();
     let (mut train, mut files, mut eegs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut all_eegs = Vec::new();
     for _ in 0..cfg.patients {
         let patient = unique_id(&mut rng, &mut patients, 10_000, 65_536);
         let dominant = pick_class(&mut rng);
@@ -196,6 +206,11 @@ fn plan(cfg: &SynthConfig) -> Plan {
                 .collect();
             offsets.sort_unstable();
             offsets.dedup();
+            // The EEG covers every labelled 50-s window (no extra draws: the tables stay as
+            // they are with or without `all_eegs`).
+            let last = offsets.iter().map(|o| o % 50 * 2).max().unwrap_or(0) as usize;
+            let spec = files.last().expect("pushed above");
+            all_eegs.push(eeg_plan(spec, "train_eegs", eeg_id, (last + 50) * 200));
             let annotators = if rng.random::<f32>() < 0.6 {
                 rng.random_range(1..=3)
             } else {
@@ -236,6 +251,8 @@ fn plan(cfg: &SynthConfig) -> Plan {
             side,
             seed: rng.random(),
         });
+        let spec = files.last().expect("pushed above");
+        all_eegs.push(eeg_plan(spec, "test_eegs", eeg_id, 50 * 200));
         test.push(TestRow {
             spectrogram_id: spec_id,
             eeg_id,
@@ -252,6 +269,18 @@ fn plan(cfg: &SynthConfig) -> Plan {
         test_labels,
         files,
         eegs,
+        all_eegs,
+    }
+}
+
+/// The EEG of a spectrogram's recording: the same class, agreement and side, its own seed.
+fn eeg_plan(spec: &FilePlan, dir: &'static str, id: i64, rows: usize) -> FilePlan {
+    FilePlan {
+        dir,
+        id,
+        rows,
+        seed: spec.seed.rotate_left(29) ^ 0x5EE6_0000_0000_0001,
+        ..spec.clone()
     }
 }
 
@@ -342,10 +371,115 @@ fn eeg_values(seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// Electrodes (positions in [`spectrogram::EEG_COLUMNS`]) of the left and right hemisphere,
+/// the midline and the EKG.
+const LEFT: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+const RIGHT: [usize; 8] = [11, 12, 13, 14, 15, 16, 17, 18];
+const MIDLINE: [usize; 3] = [8, 9, 10];
+const EKG: usize = 19;
+
+/// A recording's `[rows, 20]` samples (µV at 200 Hz, with NaN gaps), from its own seed.
+///
+/// Background: brown-ish noise, white noise, an occipital alpha rhythm, a heartbeat on EKG.
+/// Each class adds what a neurologist would see, scaled by the annotators' agreement and
+/// `signal`, through per-electrode gains (so that bipolar differences keep it): Seizure — a
+/// rhythm evolving from 3 to 8 Hz and growing, both hemispheres; LPD/GPD — sharp biphasic
+/// discharges every 0.7–1.5 s on one hemisphere / on both; LRDA/GRDA — 1–2.5 Hz rhythmic
+/// delta on one hemisphere / on both; Other — background only.
+fn eeg_signal(f: &FilePlan, signal: f32) -> Vec<f32> {
+    const N: usize = spectrogram::EEG_COLUMNS.len();
+    const HZ: f32 = 200.0;
+    let tau = std::f32::consts::TAU;
+    let mut rng = ChaCha8Rng::seed_from_u64(f.seed);
+    let white = Normal::new(0.0f32, 4.0).expect("valid");
+    let step = Normal::new(0.0f32, 1.5).expect("valid");
+    let gains: [f32; N] = std::array::from_fn(|_| rng.random_range(0.2f32..1.0));
+    let alpha_hz = rng.random_range(8.5f32..11.0);
+    let rate = rng.random_range(0.7f32..1.5); // discharge period (s) or delta frequency / 2
+    let delta_hz = rng.random_range(1.0f32..2.5);
+    let amp = 60.0 * signal / 1.5 * (0.4 + 0.6 * f.purity);
+    let side: &[usize] = if f.side == 0 { &LEFT } else { &RIGHT };
+    let both: Vec<usize> = LEFT.iter().chain(&RIGHT).chain(&MIDLINE).copied().collect();
+    let (class_chans, class_gain): (&[usize], f32) = match f.class {
+        Class::Lpd | Class::Lrda => (side, 1.0),
+        Class::Seizure | Class::Gpd | Class::Grda => (&both, 1.0),
+        Class::Other => (&[], 0.0),
+    };
+    let seconds = f.rows as f32 / HZ;
+    let mut seizure_phase = 0.0f32;
+    let mut brown = [0.0f32; N];
+    let mut values = vec![0.0f32; f.rows * N];
+    for t in 0..f.rows {
+        let s = t as f32 / HZ;
+        let class_value = class_gain
+            * match f.class {
+                Class::Seizure => {
+                    let progress = s / seconds;
+                    seizure_phase += tau * (3.0 + 5.0 * progress) / HZ;
+                    amp * (0.5 + progress) * seizure_phase.sin()
+                }
+                Class::Lpd | Class::Gpd => {
+                    let since = s % rate;
+                    let spike = (-(since / 0.02).powi(2)).exp();
+                    let wave = (-((since - 0.08) / 0.06).powi(2)).exp();
+                    4.0 * amp * (spike - 0.4 * wave)
+                }
+                Class::Lrda | Class::Grda => 1.5 * amp * (tau * delta_hz * s).sin(),
+                Class::Other => 0.0,
+            };
+        let alpha = 10.0 * (tau * alpha_hz * s).sin();
+        let row = &mut values[t * N..(t + 1) * N];
+        for (c, v) in row.iter_mut().enumerate() {
+            brown[c] = 0.98 * brown[c] + step.sample(&mut rng);
+            *v = brown[c] + white.sample(&mut rng);
+            if matches!(c, 7 | 18 | 10) {
+                *v += alpha * gains[c];
+            }
+        }
+        for &c in class_chans {
+            row[c] += class_value * gains[c];
+        }
+        let beat = (s * 1.2) % 1.0;
+        row[EKG] = 400.0 * (-(beat / 0.015).powi(2)).exp() + white.sample(&mut rng);
+    }
+    // Missing data: a 1–5 s NaN gap on one electrode in some recordings; rarely a dead one.
+    if rng.random::<f32>() < 0.3 {
+        let c = rng.random_range(0..N - 1);
+        let len = rng.random_range(200..=1000).min(f.rows / 4);
+        let start = rng.random_range(0..f.rows - len);
+        for t in start..start + len {
+            values[t * N + c] = f32::NAN;
+        }
+    }
+    if rng.random::<f32>() < 0.05 {
+        let c = rng.random_range(0..N - 1);
+        for t in 0..f.rows {
+            values[t * N + c] = f32::NAN;
+        }
+    }
+    values
+}
+
 /// Writes a complete synthetic data set under `out`, showing progress.
 pub async fn generate(cfg: &SynthConfig, out: &Store) -> Result<SynthSummary> {
     let p = plan(cfg);
-    let total = p.files.len() + p.eegs.len();
+    // (recording, with its class signal): every EEG, or the first few as schema examples.
+    let eegs: Vec<(FilePlan, bool)> = if cfg.all_eegs {
+        p.all_eegs.iter().map(|e| (e.clone(), true)).collect()
+    } else {
+        let example = |&(id, seed): &(i64, u64)| FilePlan {
+            dir: "train_eegs",
+            id,
+            rows: 10_000,
+            class: Class::Other,
+            purity: 0.0,
+            side: 0,
+            seed,
+        };
+        p.eegs.iter().map(|e| (example(e), false)).collect()
+    };
+    let eeg_files = eegs.len();
+    let total = p.files.len() + eeg_files;
     let bar = crate::progress::bar(total as u64, "synth");
     let signal = cfg.signal;
     let spec_jobs = p.files.iter().cloned().map(|f| {
@@ -364,16 +498,22 @@ pub async fn generate(cfg: &SynthConfig, out: &Store) -> Result<SynthSummary> {
         }
         .boxed()
     });
-    let eeg_jobs = p.eegs.iter().cloned().map(|(id, seed)| {
+    let eeg_jobs = eegs.into_iter().map(|(e, with_signal)| {
         let out = out.clone();
         let bar = bar.clone();
+        let key = format!("{}/{}.parquet", e.dir, e.id);
         async move {
             let bytes = tokio::task::spawn_blocking(move || {
-                spectrogram::write_eeg(&eeg_values(seed), 10_000)
+                let values = if with_signal {
+                    eeg_signal(&e, signal)
+                } else {
+                    eeg_values(e.seed)
+                };
+                spectrogram::write_eeg(&values, e.rows)
             })
             .await
             .expect("generator task panicked")?;
-            out.put(&format!("train_eegs/{id}.parquet"), bytes).await?;
+            out.put(&key, bytes).await?;
             bar.inc(1);
             Ok(())
         }
@@ -416,7 +556,7 @@ pub async fn generate(cfg: &SynthConfig, out: &Store) -> Result<SynthSummary> {
             .count(),
         test_spectrograms: p.test.len(),
         patients: cfg.patients,
-        eeg_files: p.eegs.len(),
+        eeg_files,
     })
 }
 
@@ -504,5 +644,153 @@ mod tests {
         );
         assert!(delta_left(&lrda) > delta_left(&other) + 1000.0);
         assert!(other.iter().any(|v| v.is_nan()) || lrda.iter().any(|v| v.is_nan()));
+    }
+
+    /// Features of one chain of an EEG image: (delta contrast, frame-to-frame jumps of the broadband power, dominant
+    /// mel band in the first and the last quarter).
+    fn chain_features(img: &crate::hms::eeg::EegImage, chain: usize) -> (f32, f32, f32, f32) {
+        use crate::hms::eeg::{FRAMES, N_MELS};
+        let px = |m: usize, t: usize| img.data[(chain * N_MELS + m) * FRAMES + t];
+        let band = |lo: usize, hi: usize, t: usize| {
+            (lo..hi).map(|m| px(m, t)).sum::<f32>() / (hi - lo) as f32
+        };
+        let mean = |f: &dyn Fn(usize) -> f32| (0..FRAMES).map(f).sum::<f32>() / FRAMES as f32;
+        // Mel band m is centred on 20 (m + 1) / 129 Hz: 2..16 ≈ 0.5–2.5 Hz, 32.. ≈ 5–20 Hz.
+        let delta = mean(&|t| band(2, 16, t) - band(32, 128, t));
+        let high: Vec<f32> = (0..FRAMES).map(|t| band(32, 128, t)).collect();
+        // Discharges make the broadband power jump from frame to frame (a NaN gap only twice).
+        let spread =
+            high.windows(2).map(|w| (w[1] - w[0]).abs()).sum::<f32>() / (FRAMES - 1) as f32;
+        let peak = |ts: std::ops::Range<usize>| {
+            let n = ts.len() as f32;
+            let profile: Vec<f32> = (4..64)
+                .map(|m| ts.clone().map(|t| px(m, t)).sum::<f32>() / n)
+                .collect();
+            let best = profile
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+            (best.0 + 4) as f32
+        };
+        (delta, spread, peak(0..64), peak(192..256))
+    }
+
+    #[test]
+    fn synthetic_eegs_carry_their_class_on_the_right_side() {
+        use crate::hms::eeg::{Eeg, eeg_image};
+        let image = |class: Class, side: usize, seed: u64| {
+            let f = FilePlan {
+                dir: "train_eegs",
+                id: 1,
+                rows: 10_000,
+                class,
+                purity: 1.0,
+                side,
+                seed,
+            };
+            let eeg = Eeg::from_rows(&eeg_signal(&f, 1.5), f.rows);
+            eeg_image(&eeg, 0.0, "synthetic").unwrap()
+        };
+        // Chains: 0 LL, 1 RL (right), 2 LP, 3 RP (right).
+        let side_mean = |img: &crate::hms::eeg::EegImage,
+                         right: bool,
+                         pick: fn((f32, f32, f32, f32)) -> f32| {
+            let chains = if right { [1, 3] } else { [0, 2] };
+            chains
+                .iter()
+                .map(|&c| pick(chain_features(img, c)))
+                .sum::<f32>()
+                / 2.0
+        };
+        let delta = |f: (f32, f32, f32, f32)| f.0;
+        let spread = |f: (f32, f32, f32, f32)| f.1;
+        for seed in [1u64, 2, 3] {
+            let other = image(Class::Other, 0, seed);
+            for side in [0, 1] {
+                let lrda = image(Class::Lrda, side, seed);
+                let (hit, miss) = (
+                    side_mean(&lrda, side == 1, delta),
+                    side_mean(&lrda, side == 0, delta),
+                );
+                println!("seed {seed} LRDA side {side}: delta contrast {hit:.3} vs {miss:.3}");
+                assert!(
+                    hit > miss + 0.1,
+                    "LRDA side {side}, seed {seed}: {hit} vs {miss}"
+                );
+                let lpd = image(Class::Lpd, side, seed);
+                let (hit, miss) = (
+                    side_mean(&lpd, side == 1, spread),
+                    side_mean(&lpd, side == 0, spread),
+                );
+                println!("seed {seed} LPD side {side}: broadband jumps {hit:.3} vs {miss:.3}");
+                assert!(
+                    hit > 1.5 * miss,
+                    "LPD side {side}, seed {seed}: {hit} vs {miss}"
+                );
+            }
+            let grda = image(Class::Grda, 0, seed);
+            let gpd = image(Class::Gpd, 0, seed);
+            for right in [false, true] {
+                let (g, o) = (
+                    side_mean(&grda, right, delta),
+                    side_mean(&other, right, delta),
+                );
+                assert!(
+                    g > o + 0.1,
+                    "GRDA right={right} seed {seed}: {g} vs Other {o}"
+                );
+                let (g, o) = (
+                    side_mean(&gpd, right, spread),
+                    side_mean(&other, right, spread),
+                );
+                assert!(
+                    g > 1.5 * o,
+                    "GPD right={right} seed {seed}: {g} vs Other {o}"
+                );
+            }
+            let sz = image(Class::Seizure, 0, seed);
+            let (first, last) = (0..4)
+                .map(|c| chain_features(&sz, c))
+                .fold((0.0, 0.0), |a, f| (a.0 + f.2 / 4.0, a.1 + f.3 / 4.0));
+            println!("seed {seed} Seizure: dominant mel band {first:.1} → {last:.1}");
+            assert!(
+                last > first + 10.0,
+                "seizure rhythm must evolve upwards: {first} → {last}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_eeg_covers_its_windows_and_the_tables_do_not_change() {
+        let cfg = SynthConfig {
+            patients: 12,
+            ..Default::default()
+        };
+        let p = plan(&cfg);
+        let all = plan(&SynthConfig {
+            all_eegs: true,
+            ..cfg.clone()
+        });
+        assert_eq!(p.train, all.train);
+        assert_eq!(p.test, all.test);
+        for r in &p.train {
+            let e = p
+                .all_eegs
+                .iter()
+                .find(|e| e.id == r.eeg_id && e.dir == "train_eegs")
+                .unwrap();
+            assert!(
+                r.eeg_label_offset_seconds * 200.0 + 10_000.0 <= e.rows as f64,
+                "{r:?}"
+            );
+        }
+        for t in &p.test {
+            let e = p
+                .all_eegs
+                .iter()
+                .find(|e| e.id == t.eeg_id && e.dir == "test_eegs")
+                .unwrap();
+            assert_eq!(e.rows, 10_000);
+        }
     }
 }
