@@ -41,7 +41,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Train one fold of one architecture on this machine (the worker's trainer, no coordinator).
     Train(Box<TrainArgs>),
-    /// Predict the data set's test.csv with a trained job's best checkpoint.
+    /// Predict a data set's test.csv with a finished run's ensemble (--run) or one job's best
+    /// checkpoint (--checkpoint); writes a Kaggle submission.
     Predict(PredictArgs),
     /// Inspect the model architectures.
     #[command(subcommand)]
@@ -642,10 +643,15 @@ pub struct DrainArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["checkpoint", "run"])))]
 pub struct PredictArgs {
-    /// A training job's output directory (holds checkpoint.mpk and config.json).
+    /// One training job's output directory (holds checkpoint.mpk and config.json).
     #[arg(long)]
-    pub checkpoint: String,
+    pub checkpoint: Option<String>,
+    /// A finished run's output root: its whole ensemble (every job's best checkpoint, folds
+    /// averaged per architecture, architectures blended with the weights in report.json).
+    #[arg(long)]
+    pub run: Option<String>,
     /// Data set root holding test.csv and test_spectrograms/.
     #[arg(long, env = "HBAC_DATA")]
     pub data: String,

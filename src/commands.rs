@@ -497,10 +497,45 @@ async fn train(a: TrainArgs) -> Result<()> {
 
 async fn predict(a: PredictArgs) -> Result<()> {
     use hbac_worker::job;
+    if let Some(run) = &a.run {
+        let run = crate::predict::open_run(run).await?;
+        let data = Store::open(&a.data)?;
+        let cache = cache_store(&data, &a.cache)?;
+        let settings = crate::predict::Settings {
+            batch_size: a.batch_size,
+            threads: 2,
+            concurrency: a.jobs,
+            device: a.device,
+        };
+        let rows = crate::predict::predict_run(&run, &data, &cache, &settings).await?;
+        write_file(&a.out, tables::write_prob_csv(&rows, None)).await?;
+        let weights: Vec<String> = run
+            .report
+            .archs
+            .iter()
+            .zip(&run.report.weights)
+            .map(|(arch, w)| format!("{arch} {w:.2}"))
+            .collect();
+        println!(
+            "wrote {} ({} rows): the ensemble of {} jobs of {} (weights {}; its CV {:.4})",
+            a.out,
+            rows.len(),
+            run.jobs.len(),
+            run.url,
+            weights.join(", "),
+            run.report.cv
+        );
+        return Ok(());
+    }
+    let checkpoint = a
+        .checkpoint
+        .as_deref()
+        .expect("clap requires --run or --checkpoint");
     let data = Store::open(&a.data)?;
     let cache = cache_store(&data, &a.cache)?;
-    hbac_common::prepare::prepare(&data, &cache, a.jobs).await?;
-    let dir = Store::open(&a.checkpoint)?;
+    let test = [hbac_common::prepare::Split::Test];
+    hbac_common::prepare::prepare_splits(&data, &cache, &test, a.jobs).await?;
+    let dir = Store::open(checkpoint)?;
     let cache = hbac_common::prepare::Cache::new(cache);
     crate::backend::check(a.device)?;
     let rows = match a.device {

@@ -171,11 +171,23 @@ async fn referenced(data: &Store, split: Split) -> Result<BTreeMap<i64, Referenc
 /// Converts every spectrogram that `train.csv` and (if present) `test.csv` reference into the
 /// cache, skipping those already there, `concurrency` files at a time.
 pub async fn prepare(data: &Store, cache: &Store, concurrency: usize) -> Result<PrepareSummary> {
+    prepare_splits(data, cache, &[Split::Train, Split::Test], concurrency).await
+}
+
+/// [`prepare`] for some splits only: `[Split::Test]` prepares a data set that holds only a test
+/// set (`hbac predict`). The manifest, which vouches for the training split, is written only
+/// when it is among them.
+pub async fn prepare_splits(
+    data: &Store,
+    cache: &Store,
+    splits: &[Split],
+    concurrency: usize,
+) -> Result<PrepareSummary> {
     let start = Instant::now();
     let mut todo = Vec::new();
     let mut counts = BTreeMap::new();
     let mut skipped = 0;
-    for split in [Split::Train, Split::Test] {
+    for &split in splits {
         let ids = referenced(data, split).await?;
         counts.insert(split, ids.len());
         let done: HashSet<String> = cache
@@ -235,15 +247,17 @@ pub async fn prepare(data: &Store, cache: &Store, concurrency: usize) -> Result<
     let manifest = Manifest {
         format: CACHE_FORMAT,
         data: data.root().to_string(),
-        train: counts[&Split::Train],
-        test: counts[&Split::Test],
+        train: counts.get(&Split::Train).copied().unwrap_or(0),
+        test: counts.get(&Split::Test).copied().unwrap_or(0),
     };
-    cache
-        .put(
-            "manifest.json",
-            serde_json::to_vec_pretty(&manifest).expect("serialisable"),
-        )
-        .await?;
+    if splits.contains(&Split::Train) {
+        cache
+            .put(
+                "manifest.json",
+                serde_json::to_vec_pretty(&manifest).expect("serialisable"),
+            )
+            .await?;
+    }
     Ok(PrepareSummary {
         converted: total,
         skipped,

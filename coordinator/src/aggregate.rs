@@ -110,6 +110,101 @@ fn blend(parts: &[&[f64; N_CLASSES]], weights: &[f64]) -> [f64; N_CLASSES] {
     out.map(|v| v / sum)
 }
 
+/// Test predictions of a run's jobs gathered into its ensemble: per architecture the mean of
+/// its folds' rows (by `eeg_id`), then the architectures blended with the run's weights. The
+/// run's aggregation and `hbac predict --run` both build `submission.csv` with it.
+#[derive(Debug, Clone)]
+pub struct TestEnsemble {
+    archs: Vec<String>,
+    /// Per architecture: eeg_id → (sum of the folds' probabilities, folds).
+    sums: Vec<BTreeMap<i64, ([f64; N_CLASSES], usize)>>,
+}
+
+impl TestEnsemble {
+    /// An empty ensemble of `archs` (the order of the blend weights).
+    pub fn new(archs: &[String]) -> Self {
+        Self {
+            archs: archs.to_vec(),
+            sums: vec![BTreeMap::new(); archs.len()],
+        }
+    }
+
+    /// Adds one job's test predictions to its architecture (`arch`, an index into `archs`).
+    pub fn add(&mut self, arch: usize, rows: &[ProbRow]) {
+        for row in rows {
+            let e = self.sums[arch]
+                .entry(row.eeg_id)
+                .or_insert(([0.0; N_CLASSES], 0));
+            for k in 0..N_CLASSES {
+                e.0[k] += row.values[k];
+            }
+            e.1 += 1;
+        }
+    }
+
+    /// Whether every architecture has test predictions.
+    pub fn is_complete(&self) -> bool {
+        self.sums.iter().all(|m| !m.is_empty())
+    }
+
+    /// Per architecture, the mean of its folds' predictions (`submission-<arch>.csv`).
+    pub fn per_arch(&self) -> Vec<Vec<ProbRow>> {
+        self.sums
+            .iter()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, (s, n))| ProbRow {
+                        eeg_id: *id,
+                        values: s.map(|v| v / *n as f64),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The blend (`submission.csv`). Every architecture must have predicted the same rows (a
+    /// job's predictions of another data set, or cut short, would otherwise blend nothing into
+    /// a row): an error names the eeg_id and, through `file`, where the lacking architecture's
+    /// predictions are.
+    pub fn blend(&self, weights: &[f64], file: impl Fn(&str) -> String) -> Result<Vec<ProbRow>> {
+        let means = self.per_arch();
+        let ids: Vec<BTreeMap<i64, &[f64; N_CLASSES]>> = means
+            .iter()
+            .map(|rows| rows.iter().map(|r| (r.eeg_id, &r.values)).collect())
+            .collect();
+        for (a, m) in ids.iter().enumerate().skip(1) {
+            let differ = ids[0]
+                .keys()
+                .find(|id| !m.contains_key(id))
+                .map(|id| (id, &self.archs[0], &self.archs[a]))
+                .or_else(|| {
+                    m.keys()
+                        .find(|id| !ids[0].contains_key(id))
+                        .map(|id| (id, &self.archs[a], &self.archs[0]))
+                });
+            if let Some((id, has, lacks)) = differ {
+                return Err(Error::invalid(
+                    Location::file(file(lacks)),
+                    format!(
+                        "the architectures' test predictions differ: eeg_id {id} is predicted \
+                         by {has} but not by {lacks}"
+                    ),
+                ));
+            }
+        }
+        Ok(ids[0]
+            .keys()
+            .map(|id| {
+                let parts: Vec<&[f64; N_CLASSES]> = ids.iter().map(|m| m[id]).collect();
+                ProbRow {
+                    eeg_id: *id,
+                    values: blend(&parts, weights),
+                }
+            })
+            .collect())
+    }
+}
+
 /// Every weight vector on the simplex grid for `n` architectures.
 fn weight_grid(n: usize) -> Vec<Vec<f64>> {
     let steps = (1.0 / WEIGHT_STEP).round() as usize;
@@ -149,8 +244,7 @@ pub async fn aggregate(
 
     // Per architecture: OOF by label_id, test predictions by eeg_id (summed over folds).
     let mut oof: Vec<BTreeMap<i64, ([f64; N_CLASSES], i64)>> = vec![BTreeMap::new(); archs.len()];
-    let mut test: Vec<BTreeMap<i64, ([f64; N_CLASSES], usize)>> =
-        vec![BTreeMap::new(); archs.len()];
+    let mut test = TestEnsemble::new(&archs);
     let mut lines = Vec::new();
     let mut folds_by_arch: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut curves = Vec::new();
@@ -174,13 +268,10 @@ pub async fn aggregate(
         }
         if dir.exists(records::TEST).await? {
             let url = dir.url(records::TEST);
-            for row in tables::parse_prob_csv(&dir.get(records::TEST).await?, &url)? {
-                let e = test[a].entry(row.eeg_id).or_insert(([0.0; N_CLASSES], 0));
-                for k in 0..N_CLASSES {
-                    e.0[k] += row.values[k];
-                }
-                e.1 += 1;
-            }
+            test.add(
+                a,
+                &tables::parse_prob_csv(&dir.get(records::TEST).await?, &url)?,
+            );
         }
         let fold_kl = score(
             &job_oof.iter().map(|(l, p, _)| (*l, *p)).collect::<Vec<_>>(),
@@ -267,60 +358,16 @@ pub async fn aggregate(
     let bytes = tables::write_prob_csv(&prob, Some(("label_id", &labels)));
     out.put("oof.csv", bytes).await?;
 
-    let mean = |t: &BTreeMap<i64, ([f64; N_CLASSES], usize)>| -> BTreeMap<i64, [f64; N_CLASSES]> {
-        t.iter()
-            .map(|(id, (s, n))| (*id, s.map(|v| v / *n as f64)))
-            .collect()
-    };
-    let means: Vec<_> = test.iter().map(mean).collect();
     let mut test_rows = 0;
-    if means.iter().all(|m| !m.is_empty()) {
-        for (a, m) in means.iter().enumerate() {
-            let rows: Vec<ProbRow> = m
-                .iter()
-                .map(|(id, v)| ProbRow {
-                    eeg_id: *id,
-                    values: *v,
-                })
-                .collect();
+    if test.is_complete() {
+        for (arch, rows) in archs.iter().zip(test.per_arch()) {
             out.put(
-                &format!("submission-{}.csv", archs[a]),
+                &format!("submission-{arch}.csv"),
                 tables::write_prob_csv(&rows, None),
             )
             .await?;
         }
-        // Every architecture must have predicted the same test rows (a job's test.csv from
-        // another data set, or cut short, would otherwise blend nothing into a row).
-        for (a, m) in means.iter().enumerate().skip(1) {
-            let differ = means[0]
-                .keys()
-                .find(|id| !m.contains_key(id))
-                .map(|id| (id, &archs[0], &archs[a]))
-                .or_else(|| {
-                    m.keys()
-                        .find(|id| !means[0].contains_key(id))
-                        .map(|id| (id, &archs[a], &archs[0]))
-                });
-            if let Some((id, has, lacks)) = differ {
-                return Err(Error::invalid(
-                    Location::file(out.url(&format!("submission-{lacks}.csv"))),
-                    format!(
-                        "the architectures' test predictions differ: eeg_id {id} is predicted \
-                         by {has} but not by {lacks}"
-                    ),
-                ));
-            }
-        }
-        let sub: Vec<ProbRow> = means[0]
-            .keys()
-            .map(|id| {
-                let parts: Vec<&[f64; N_CLASSES]> = means.iter().map(|m| &m[id]).collect();
-                ProbRow {
-                    eeg_id: *id,
-                    values: blend(&parts, &weights),
-                }
-            })
-            .collect();
+        let sub = test.blend(&weights, |arch| out.url(&format!("submission-{arch}.csv")))?;
         test_rows = sub.len();
         out.put("submission.csv", tables::write_prob_csv(&sub, None))
             .await?;

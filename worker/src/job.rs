@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use futures::{StreamExt, TryStreamExt};
 use hbac_common::folds::{KFold, hms_folds};
 use hbac_common::hms::spectrogram::WINDOW;
-use hbac_common::hms::tables::{self, ProbRow};
+use hbac_common::hms::tables::{self, ProbRow, TestRow};
 use hbac_common::hms::{Class, N_CLASSES};
 use hbac_common::metric;
 use hbac_common::plot::job_svg;
@@ -448,9 +448,14 @@ pub async fn predict_test<B: FusedOps>(
     device: B::Device,
 ) -> Result<Vec<ProbRow>, TrainError> {
     let test_rows = tables::parse_test_csv(&data.get("test.csv").await?, &data.url("test.csv"))?;
+    let set = load_test_set(cache, test_samples(&test_rows), concurrency).await?;
+    predict_set(&model, set, batch_size, threads, device).await
+}
+
+/// `test.csv` rows as samples: the whole 10-minute window (offset 0) of each.
+pub fn test_samples(rows: &[TestRow]) -> Vec<Sample> {
     let uniform = [1.0 / N_CLASSES as f32; N_CLASSES];
-    let samples: Vec<Sample> = test_rows
-        .iter()
+    rows.iter()
         .enumerate()
         .map(|(i, t)| Sample {
             row: i,
@@ -462,10 +467,30 @@ pub async fn predict_test<B: FusedOps>(
             class: Class::Other,
             target: uniform,
         })
-        .collect();
-    let set = Arc::new(load_set(cache, Split::Test, samples, concurrency).await?);
+        .collect()
+}
+
+/// Loads the test samples' windows from the cache (a whole test set, or a chunk of one).
+pub async fn load_test_set(
+    cache: &Cache,
+    samples: Vec<Sample>,
+    concurrency: usize,
+) -> Result<Arc<WindowSet>, TrainError> {
+    Ok(Arc::new(
+        load_set(cache, Split::Test, samples, concurrency).await?,
+    ))
+}
+
+/// One model's probabilities for a loaded test set: a row per sample, keyed by `eeg_id`.
+pub async fn predict_set<B: FusedOps>(
+    model: &Model<B>,
+    set: Arc<WindowSet>,
+    batch_size: usize,
+    threads: usize,
+    device: B::Device,
+) -> Result<Vec<ProbRow>, TrainError> {
     let preds = {
-        let set = set.clone();
+        let (set, model) = (set.clone(), model.clone());
         tokio::task::spawn_blocking(move || {
             evaluate(&model, &set, batch_size, threads, &device).map(|r| r.1)
         })
