@@ -495,8 +495,9 @@ pub struct WorkerArgs {
     /// Seconds to keep retrying an unreachable coordinator before giving up.
     #[arg(long, default_value_t = 120.0)]
     pub patience: f64,
-    /// Storage roots this worker may read and write (data, cache, run output), repeatable or
-    /// comma-separated: a job order naming any other URL is refused. [default: any]
+    /// Storage roots this worker may read and write (data, cache, run output, pretrained
+    /// weights), repeatable or comma-separated: a job order naming any other URL is refused.
+    /// [default: any]
     #[arg(
         long = "storage-root",
         value_delimiter = ',',
