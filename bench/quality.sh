@@ -2,7 +2,8 @@
 # Model quality side by side: the reference recipe in Keras/TensorFlow (bench/quality_keras.py)
 # and `hbac train` (each --init), on one HMS-format data set written by bench/quality_data.py,
 # the same folds (fold 0 of 5), full-size models, batch 32, 13 epochs, the reference learning
-# rates, BatchNorm momentum 0.9 on both sides. Prints a table of best validation KL and
+# rates, BatchNorm momentum 0.9 on both sides; `--init keras` runs also take Keras' stochastic
+# depth (drop connect 0.2 in EfficientNetV2), `--init torch` runs are hbac's default recipe. Prints a table of best validation KL and
 # out-of-fold Kaggle KL per side, mean ± spread over seeds (bench/quality_table.py).
 #
 #   cargo build --release && bash bench/quality.sh
@@ -63,9 +64,12 @@ for arch in $ARCHS; do
           dir="$OUT/runs/hbac-$init-$arch-$seed"
           [ -f "$dir/summary.json" ] && continue
           rm -rf "$dir"
+          # --init keras is the exact-parity run: Keras' stochastic depth too (EfficientNetV2).
+          dc=0
+          [ "$init" = keras ] && [ "$arch" = efficientnetv2-b2 ] && dc=0.2
           run "hbac-$init-$arch-$seed" "$HBAC" train --data "$OUT/data" --cache "$OUT/cache" \
             --arch "$arch" --fold 0 --seed "$seed" --epochs "$EPOCHS" --batch-size "$BATCH" \
-            --bn-momentum 0.9 --init "$init" --out "$dir"
+            --bn-momentum 0.9 --init "$init" --drop-connect "$dc" --out "$dir"
         done
       fi
     done

@@ -34,11 +34,11 @@ def main():
     runs = {}
     for name in sorted(os.listdir(os.path.join(out, "runs"))):
         d = os.path.join(out, "runs", name)
-        m = re.fullmatch(r"(keras|hbac-\w+)-(mobilenetv3-large|efficientnetv2-b2)-(\d+)", name)
+        m = re.fullmatch(r"(keras\w*|hbac-\w+)-(mobilenetv3-large|efficientnetv2-b2)-(\d+)", name)
         if not m:
             continue
         side, arch, seed = m.group(1), m.group(2), int(m.group(3))
-        result = os.path.join(d, "result.json" if side == "keras" else "summary.json")
+        result = os.path.join(d, "result.json" if side.startswith("keras") else "summary.json")
         if not os.path.exists(result):
             continue
         with open(result) as f:

@@ -354,6 +354,11 @@ pub struct RecipeArgs {
     /// the README's model-quality figures].
     #[arg(long)]
     pub init: Option<hbac_worker::model::InitScheme>,
+    /// Stochastic depth of EfficientNetV2's residual blocks in training, as Keras builds it:
+    /// block b of n drops its branch with probability RATE × b / n (keras.applications uses
+    /// 0.2; MobileNetV3 has none) [default: 0, none].
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_connect: f64,
     /// Threads building batches ahead of the training step.
     #[arg(long, default_value_t = 2)]
     pub loader_threads: usize,

@@ -76,7 +76,7 @@ pub async fn open_run(url: &str) -> Result<FinishedRun> {
                 line.arch
             );
         };
-        let dir = Store::open(&line.out)?;
+        let dir = job_dir(&out, &line.job, &line.out).await?;
         for file in [records::CHECKPOINT, records::CONFIG] {
             if !dir.exists(file).await? {
                 bail!(
@@ -94,6 +94,19 @@ pub async fn open_run(url: &str) -> Result<FinishedRun> {
         report,
         jobs,
     })
+}
+
+/// A job's output folder: under the run's root as it is now when the run was moved or copied
+/// (a bucket downloaded, a Kaggle data set: `jobs/<job>/<attempt>/`), else where the run wrote it.
+async fn job_dir(run: &Store, job: &str, written: &str) -> Result<Store> {
+    let marker = format!("jobs/{job}/");
+    if let Some(at) = written.find(&marker) {
+        let moved = Store::open(&run.url(written[at..].trim_end_matches('/')))?;
+        if moved.exists(records::CHECKPOINT).await? {
+            return Ok(moved);
+        }
+    }
+    Ok(Store::open(written)?)
 }
 
 /// How to predict.

@@ -45,18 +45,6 @@ impl RecipeArgs {
         let width = self.width.unwrap_or(if q { 0.25 } else { 1.0 });
         let downsample = self.downsample.unwrap_or(if q { 8 } else { 1 });
         let bn_momentum = self.bn_momentum.or(q.then_some(0.9));
-        ensure!(
-            width > 0.0 && downsample >= 1,
-            "--width must be positive and --downsample at least 1"
-        );
-        ensure!(
-            epochs >= 1 && batch_size >= 1,
-            "--epochs and --batch-size must be at least 1"
-        );
-        ensure!(
-            (0.0..=1.0).contains(&self.mixup_prob) && (0.0..=1.0).contains(&self.cutout_prob),
-            "probabilities must lie in [0, 1]"
-        );
         let model = ModelConfig::new(arch)
             .with_width(width)
             .with_downsample(downsample)
@@ -72,7 +60,7 @@ impl RecipeArgs {
             freq_cutout_prob: self.cutout_prob,
             ..AugmentConfig::default()
         };
-        Ok(TrainConfig::new(model)
+        let config = TrainConfig::new(model)
             .with_epochs(epochs)
             .with_batch_size(batch_size)
             .with_optimizer(match self.optimizer {
@@ -85,7 +73,13 @@ impl RecipeArgs {
             .with_augment(augment)
             .with_seed(self.seed)
             .with_loader_threads(self.loader_threads)
-            .with_pretrained(self.pretrained_for(arch)?))
+            .with_pretrained(self.pretrained_for(arch)?)
+            .with_drop_connect((self.drop_connect > 0.0).then_some(self.drop_connect));
+        // The checks every worker applies to an order, named by the config's fields.
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid training recipe for {arch}: {e}"))?;
+        Ok(config)
     }
 
     /// The `--pretrained` file for `arch`: its own `ARCH=URL` entry, else the one plain URL.

@@ -87,6 +87,23 @@ fn predict_run_reproduces_the_runs_submission_and_refuses_what_it_cannot_use() {
         "max difference to the run's submission.csv: {worst}"
     );
 
+    // The run folder moved (downloaded from a bucket, uploaded as a Kaggle data set): its jobs
+    // are found under its new root.
+    let moved = tmp.path().join("moved-run");
+    std::fs::rename(&run, &moved).unwrap();
+    let out2 = tmp.path().join("sub2.csv");
+    ok(&[
+        "predict",
+        "--run",
+        moved.to_str().unwrap(),
+        "--data",
+        hidden.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert_eq!(submission(&out2), got);
+    std::fs::rename(&moved, &run).unwrap();
+
     // A test row whose spectrogram is missing: named, nothing written.
     let spec = std::fs::read_dir(hidden.join("test_spectrograms"))
         .unwrap()

@@ -146,6 +146,24 @@ impl<B: Backend> EfficientNetV2<B> {
         }
     }
 
+    /// Keras' stochastic-depth rate of each block for a model `drop_connect_rate`: block `b` of
+    /// `n` drops its residual branch with probability `rate × b / n` (0 where the block has no
+    /// residual, which Keras then skips).
+    pub fn drop_rates(&self, rate: f64) -> Vec<f64> {
+        let n = self.blocks.len() as f64;
+        self.blocks
+            .iter()
+            .enumerate()
+            .map(|(b, block)| {
+                if block.residual {
+                    rate * b as f64 / n
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+
     /// Channels of the output feature map (1408 for B2).
     pub fn out_channels(&self) -> usize {
         self.top.bn.gamma.dims()[0]
@@ -169,9 +187,21 @@ impl<B: FusedOps> EfficientNetV2<B> {
     /// # Shapes
     /// - `x`: `[N, 3, H, W]` → `[N, 1408, H / 32, W / 32]`
     pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
+        self.forward_keeping(x, path, &[])
+    }
+
+    /// [`EfficientNetV2::forward_on`] with stochastic depth: `keep[b]` is block `b`'s mask
+    /// (see [`InvertedResidual::forward_keeping`]); blocks past the slice's end, or `None`,
+    /// keep their branch.
+    pub fn forward_keeping(
+        &self,
+        x: Tensor<B, 4>,
+        path: Path,
+        keep: &[Option<Tensor<B, 4>>],
+    ) -> Tensor<B, 4> {
         let mut x = self.stem.forward_on(x, path);
-        for b in &self.blocks {
-            x = b.forward_on(x, path);
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.forward_keeping(x, path, keep.get(i).cloned().flatten());
         }
         self.top.forward_on(x, path)
     }

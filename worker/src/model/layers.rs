@@ -254,6 +254,19 @@ impl<B: FusedOps> InvertedResidual<B> {
     /// # Shapes
     /// - `x`: `[N, cin, H, W]` → `[N, cout, H / stride, W / stride]`
     pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
+        self.forward_keeping(x, path, None)
+    }
+
+    /// [`InvertedResidual::forward_on`] with stochastic depth: on a residual block, the branch
+    /// is multiplied by `keep` (`[N, 1, 1, 1]`: 0 for a dropped sample, 1 / (1 − rate) for a
+    /// kept one) before the shortcut is added, as Keras' `Dropout(rate, noise_shape=(None, 1,
+    /// 1, 1))` does in EfficientNetV2's blocks.
+    pub fn forward_keeping(
+        &self,
+        x: Tensor<B, 4>,
+        path: Path,
+        keep: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
         let mut y = match &self.expand {
             Some(e) => e.forward_on(x.clone(), path),
             None => x.clone(),
@@ -265,7 +278,11 @@ impl<B: FusedOps> InvertedResidual<B> {
             y = se.forward_on(y, path);
         }
         y = self.project.forward_on(y, path);
-        if self.residual { y + x } else { y }
+        match (self.residual, keep) {
+            (true, Some(keep)) => y * keep + x,
+            (true, None) => y + x,
+            (false, _) => y,
+        }
     }
 }
 

@@ -126,9 +126,31 @@ impl<B: FusedOps> Backbone<B> {
     /// # Shapes
     /// - `x`: `[N, 3, H, W]` → `[N, C, H / 32, W / 32]` (rounded up)
     pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 4> {
+        self.forward_keeping(x, path, &[])
+    }
+
+    /// [`Backbone::forward_on`] with stochastic-depth masks per block (EfficientNetV2 only;
+    /// see [`Backbone::drop_rates`]).
+    pub fn forward_keeping(
+        &self,
+        x: Tensor<B, 4>,
+        path: Path,
+        keep: &[Option<Tensor<B, 4>>],
+    ) -> Tensor<B, 4> {
         match self {
             Backbone::MobileNetV3(m) => m.forward_on(x, path),
-            Backbone::EfficientNetV2(m) => m.forward_on(x, path),
+            Backbone::EfficientNetV2(m) => m.forward_keeping(x, path, keep),
+        }
+    }
+}
+
+impl<B: Backend> Backbone<B> {
+    /// Each block's stochastic-depth rate for a `drop_connect` rate, as Keras' EfficientNetV2
+    /// spreads it; empty for MobileNetV3, which KerasCV builds without stochastic depth.
+    pub fn drop_rates(&self, drop_connect: f64) -> Vec<f64> {
+        match self {
+            Backbone::MobileNetV3(_) => Vec::new(),
+            Backbone::EfficientNetV2(m) => m.drop_rates(drop_connect),
         }
     }
 }
@@ -220,6 +242,15 @@ impl<B: FusedOps> Model<B> {
 
     /// [`Model::features`] with the conv layers on the given [`Path`].
     pub fn features_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 2> {
+        self.features_keeping(x, path, &[])
+    }
+
+    fn features_keeping(
+        &self,
+        x: Tensor<B, 4>,
+        path: Path,
+        keep: &[Option<Tensor<B, 4>>],
+    ) -> Tensor<B, 2> {
         let x = if self.rescale {
             x.mul_scalar(1.0 / 255.0)
         } else {
@@ -229,7 +260,7 @@ impl<B: FusedOps> Model<B> {
             1 => x,
             d => avg_pool2d(x, [d, d], [d, d], [0, 0], true, false),
         };
-        let f = self.backbone.forward_on(x, path);
+        let f = self.backbone.forward_keeping(x, path, keep);
         match path {
             Path::Fused => crate::ops::plane_mean(f),
             Path::Stock => adaptive_avg_pool2d(f, [1, 1]).flatten(1, 3),
@@ -246,7 +277,18 @@ impl<B: FusedOps> Model<B> {
 
     /// [`Model::forward`] with the conv layers on the given [`Path`].
     pub fn forward_on(&self, x: Tensor<B, 4>, path: Path) -> Tensor<B, 2> {
-        let f = self.features_on(x, path);
+        self.forward_keeping(x, path, &[])
+    }
+
+    /// [`Model::forward_on`] in training with stochastic depth: `keep[b]` is backbone block
+    /// `b`'s per-sample mask (`[N, 1, 1, 1]`; see [`Backbone::drop_rates`]).
+    pub fn forward_keeping(
+        &self,
+        x: Tensor<B, 4>,
+        path: Path,
+        keep: &[Option<Tensor<B, 4>>],
+    ) -> Tensor<B, 2> {
+        let f = self.features_keeping(x, path, keep);
         if path == Path::Stock {
             return self.head.forward(f);
         }

@@ -16,8 +16,8 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use hbac_common::hms::N_CLASSES;
 use hbac_common::hms::spectrogram::{FEATURES, WINDOW};
 use hbac_common::preprocess::CHANNELS;
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,7 @@ use super::augment::{AugmentConfig, augment};
 use super::loss::keras_kl;
 use super::schedule::LrSchedule;
 use crate::TrainError;
+use crate::model::layers::Path;
 use crate::model::pretrained::Pretrained;
 use crate::model::{Model, ModelConfig};
 use crate::ops::{FusedOps, TrainBackend};
@@ -63,6 +64,11 @@ pub struct TrainConfig {
     /// timm ImageNet weights the backbone starts from (file or URL); `None`: random init.
     #[config(default = "None")]
     pub pretrained: Option<String>,
+    /// Stochastic depth ("drop connect") of EfficientNetV2's residual blocks, as Keras builds
+    /// it (0.2 in keras.applications): block `b` of `n` drops its branch for a sample with
+    /// probability `rate × b / n` in training. `None` or 0: none (MobileNetV3 has none).
+    #[config(default = "None")]
+    pub drop_connect: Option<f64>,
 }
 
 impl TrainConfig {
@@ -171,6 +177,14 @@ impl TrainConfig {
             "positive and finite",
             a.mixup_alpha,
         )?;
+        if let Some(d) = self.drop_connect {
+            check(
+                d.is_finite() && (0.0..1.0).contains(&d),
+                "drop_connect",
+                "in [0, 1)",
+                d,
+            )?;
+        }
         let (lo, hi) = a.cutout_fraction;
         check(
             prob(lo) && prob(hi) && lo <= hi,
@@ -278,6 +292,36 @@ pub fn decode<B: Backend, R: Record<B>>(
         .map_err(|e| TrainError::Config(format!("{what}: not a state of this model: {e}")))
 }
 
+/// Per block, the batch's stochastic-depth mask (`[n, 1, 1, 1]`: 0 for a dropped sample,
+/// 1 / (1 − rate) for a kept one), drawn after the batch's augmentations from the epoch's
+/// generator; `None` for blocks with rate 0, which draw nothing (so a run without stochastic
+/// depth draws exactly what it drew before it existed).
+fn stochastic_depth<B: Backend>(
+    rates: &[f64],
+    n: usize,
+    rng: &mut ChaCha8Rng,
+    device: &B::Device,
+) -> Vec<Option<Tensor<B, 4>>> {
+    rates
+        .iter()
+        .map(|&rate| {
+            (rate > 0.0).then(|| {
+                let scale = (1.0 / (1.0 - rate)) as f32;
+                let mask: Vec<f32> = (0..n)
+                    .map(|_| {
+                        if rng.random::<f64>() < rate {
+                            0.0
+                        } else {
+                            scale
+                        }
+                    })
+                    .collect();
+                Tensor::from_data(TensorData::new(mask, [n, 1, 1, 1]), device)
+            })
+        })
+        .collect()
+}
+
 /// The generator of epoch `epoch`'s shuffle and augmentations: a stream of its own per epoch,
 /// so a run resumed at any epoch draws exactly what an uninterrupted run draws.
 fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
@@ -374,6 +418,7 @@ impl<B: TrainBackend> Run<'_, B> {
             history = snap.state.history;
         }
         let schedule = cfg.schedule();
+        let drop_rates = model.backbone.drop_rates(cfg.drop_connect.unwrap_or(0.0));
         for epoch in history.len()..cfg.epochs {
             let start = Instant::now();
             let lr = schedule.lr(epoch);
@@ -393,7 +438,8 @@ impl<B: TrainBackend> Run<'_, B> {
                 let n = batch.indices.len();
                 let (x, y) = to_device::<B>(&batch, device);
                 let (x, y) = augment(&cfg.augment, &mut rng, x, y);
-                let loss = keras_kl(model.forward(x), y);
+                let keep = stochastic_depth::<B>(&drop_rates, n, &mut rng, device);
+                let loss = keras_kl(model.forward_keeping(x, Path::Fused, &keep), y);
                 let value = loss.clone().into_scalar().elem::<f64>();
                 if !value.is_finite() {
                     return Err(TrainError::Diverged { epoch, loss: value });
@@ -789,5 +835,99 @@ mod tests {
         );
         cfg.augment.cutout_fraction = (0.06, 0.1);
         assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn stochastic_depth_follows_keras_rates_masks_and_draws_nothing_at_zero() {
+        let device = Default::default();
+        let model: Model<Flex> = ModelConfig::new(Arch::EfficientNetV2B2)
+            .with_width(0.25)
+            .init_seeded(3, &device);
+        let rates = model.backbone.drop_rates(0.2);
+        let blocks = match &model.backbone {
+            crate::model::Backbone::EfficientNetV2(m) => &m.blocks,
+            _ => unreachable!(),
+        };
+        assert_eq!(rates.len(), blocks.len());
+        let n = blocks.len() as f64;
+        for (b, (rate, block)) in rates.iter().zip(blocks).enumerate() {
+            let want = if block.residual {
+                0.2 * b as f64 / n
+            } else {
+                0.0
+            };
+            assert_eq!(*rate, want, "block {b}");
+        }
+        assert!(
+            rates.iter().filter(|r| **r > 0.0).count() >= 10,
+            "{rates:?}"
+        );
+        let mobilenet: Model<Flex> = ModelConfig::new(Arch::MobileNetV3Large)
+            .with_width(0.25)
+            .init(&device);
+        assert!(mobilenet.backbone.drop_rates(0.2).is_empty());
+
+        // Masks: 0 or 1 / (1 − rate), dropped at the rate; rate 0 draws nothing.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let masks = stochastic_depth::<Flex>(&[0.0, 0.25], 4000, &mut rng, &device);
+        assert!(masks[0].is_none());
+        let v: Vec<f32> = masks[1].clone().unwrap().into_data().to_vec().unwrap();
+        assert!(v.iter().all(|&x| x == 0.0 || x == 1.0 / 0.75));
+        let dropped = v.iter().filter(|&&x| x == 0.0).count() as f64 / 4000.0;
+        assert!((dropped - 0.25).abs() < 0.03, "{dropped}");
+        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+        assert!(
+            stochastic_depth::<Flex>(&[0.0; 5], 8, &mut a, &device)
+                .iter()
+                .all(Option::is_none)
+        );
+        assert_eq!(a.random::<u64>(), b.random::<u64>(), "rate 0 must not draw");
+
+        // In the backbone: all-kept masks of scale 1 change nothing; dropped branches do.
+        let x = Tensor::<Flex, 4>::random(
+            [2, 3, 64, 48],
+            burn::tensor::Distribution::Uniform(-1.0, 1.0),
+            &device,
+        );
+        let masks = |v: f32| -> Vec<Option<Tensor<Flex, 4>>> {
+            rates
+                .iter()
+                .map(|_| Some(Tensor::<Flex, 4>::full([2, 1, 1, 1], v, &device)))
+                .collect()
+        };
+        let plain = model.backbone.forward_on(x.clone(), Path::Fused);
+        let same = model
+            .backbone
+            .forward_keeping(x.clone(), Path::Fused, &masks(1.0));
+        let scale = plain.clone().abs().max().into_scalar();
+        let diff = (plain.clone() - same).abs().max().into_scalar();
+        assert!(diff <= 1e-6 * scale, "{diff} of {scale}");
+        let dropped = model.backbone.forward_keeping(x, Path::Fused, &masks(0.0));
+        let diff = (plain - dropped).abs().max().into_scalar();
+        // (An untrained network in inference mode shrinks activations layer by layer: compare
+        // relative to the features' size.)
+        assert!(
+            diff > 0.1 * scale,
+            "dropping every residual branch must change the features: {diff} of {scale}"
+        );
+        // And the logits go through the same path: forward_on = forward_keeping with no masks.
+        let x = Tensor::<Flex, 4>::ones([1, 3, 64, 48], &device);
+        let a = model.forward_on(x.clone(), Path::Fused).into_data();
+        let b = model.forward_keeping(x, Path::Fused, &[]).into_data();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn drop_connect_outside_0_1_is_refused_by_name() {
+        let cfg =
+            TrainConfig::new(ModelConfig::new(Arch::EfficientNetV2B2)).with_drop_connect(Some(1.0));
+        let e = cfg.validate().unwrap_err();
+        assert!(e.contains("drop_connect"), "{e}");
+        assert!(
+            TrainConfig::new(ModelConfig::new(Arch::EfficientNetV2B2))
+                .with_drop_connect(Some(0.2))
+                .validate()
+                .is_ok()
+        );
     }
 }
