@@ -44,6 +44,9 @@ pub enum Command {
     /// Predict a data set's test.csv with a finished run's ensemble (--run) or one job's best
     /// checkpoint (--checkpoint); writes a Kaggle submission.
     Predict(PredictArgs),
+    /// Export trained models as ONNX: one job's best checkpoint (--checkpoint), or a finished
+    /// run's every model with ensemble.json, the blend and the preprocessing (--run).
+    Export(ExportArgs),
     /// Inspect the model architectures.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -675,4 +678,29 @@ pub struct PredictArgs {
     /// `--features wgpu` and a Vulkan / Metal / DX12 GPU).
     #[arg(long, value_enum, default_value_t = crate::backend::DeviceKind::Cpu, env = "HBAC_DEVICE")]
     pub device: crate::backend::DeviceKind,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["checkpoint", "run"])))]
+pub struct ExportArgs {
+    /// One training job's output directory (holds checkpoint.mpk and config.json).
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// A finished run's output root: every job's model as <job>.onnx, and ensemble.json.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// The file format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Onnx)]
+    pub format: ExportFormat,
+    /// Where to write (path or URL): the model file for --checkpoint [default: model.onnx], the
+    /// folder for --run [default: onnx].
+    #[arg(long)]
+    pub out: Option<String>,
+}
+
+/// Formats `hbac export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// ONNX, operator set 17: input `input` [N, 3, H, W] float32, output `probabilities` [N, 6].
+    Onnx,
 }

@@ -12,8 +12,9 @@ use tracing::{info, warn};
 
 use crate::backend::DeviceKind;
 use crate::cli::{
-    Command, EegSpectrogramArgs, FoldsArgs, ModelBenchArgs, ModelCheckArgs, ModelCommand,
-    ModelSummaryArgs, PredictArgs, PrepareArgs, ScoreArgs, SynthArgs, TrainArgs,
+    Command, EegSpectrogramArgs, ExportArgs, ExportFormat, FoldsArgs, ModelBenchArgs,
+    ModelCheckArgs, ModelCommand, ModelSummaryArgs, PredictArgs, PrepareArgs, ScoreArgs, SynthArgs,
+    TrainArgs,
 };
 
 /// Runs one subcommand to completion.
@@ -29,6 +30,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Model(ModelCommand::Check(a)) => model_check(a),
         Command::Train(a) => train(*a).await,
         Command::Predict(a) => predict(a).await,
+        Command::Export(a) => export(a).await,
         Command::Local(a) => crate::runner::local(*a).await,
         Command::Coordinator(a) => crate::runner::coordinator(*a).await,
         Command::Worker(a) => crate::runner::worker(*a).await,
@@ -327,6 +329,42 @@ async fn write_file(url: &str, bytes: Vec<u8>) -> Result<()> {
         .put(&name, bytes)
         .await
         .with_context(|| format!("writing {url}"))
+}
+
+async fn export(a: ExportArgs) -> Result<()> {
+    let ExportFormat::Onnx = a.format;
+    if let Some(run) = &a.run {
+        let run = crate::predict::open_run(run).await?;
+        let out = a.out.as_deref().unwrap_or("onnx");
+        let ensemble = crate::export::export_run(&run, &Store::create(out)?).await?;
+        let models: usize = ensemble.architectures.iter().map(|a| a.models.len()).sum();
+        let weights: Vec<String> = ensemble
+            .architectures
+            .iter()
+            .map(|a| format!("{} {:.2}", a.arch, a.weight))
+            .collect();
+        println!(
+            "wrote {models} ONNX models and ensemble.json (weights {}) of {} to {out}",
+            weights.join(", "),
+            run.url
+        );
+        return Ok(());
+    }
+    let dir = Store::open(
+        a.checkpoint
+            .as_deref()
+            .expect("clap requires --run or --checkpoint"),
+    )?;
+    let out = a.out.as_deref().unwrap_or("model.onnx");
+    let bytes = crate::export::checkpoint_onnx(&dir, &[]).await?;
+    let size = bytes.len();
+    write_file(out, bytes).await?;
+    println!(
+        "wrote {out} ({:.1} MB) from {}",
+        size as f64 / 1e6,
+        dir.root()
+    );
+    Ok(())
 }
 
 async fn eeg_spectrogram(a: EegSpectrogramArgs) -> Result<()> {

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod cli;
 pub mod commands;
+pub mod export;
 pub mod predict;
 mod recipe;
 mod runner;

@@ -21,8 +21,15 @@ use hbac_common::proto::wire::coordinator_server::SERVICE_NAME;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// Held while the process environment is read or changed: the tests of this binary run in
+/// parallel, and [`parse`] sets the containers' variables.
+static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn kubectl() -> Option<String> {
-    let bin = std::env::var("HBAC_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let bin = {
+        let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        std::env::var("HBAC_KUBECTL").unwrap_or_else(|_| "kubectl".into())
+    };
     let ok = Command::new(&bin)
         .args(["version", "--client"])
         .output()
@@ -111,9 +118,10 @@ fn parse(docs: &[Value], c: &Value) -> Cli {
         args.iter().all(|a| !a.contains("$(")),
         "an argument names a variable the container does not have: {args:?}"
     );
+    let _one = ENV.lock().unwrap_or_else(|e| e.into_inner());
     let saved: Vec<(&String, Option<std::ffi::OsString>)> =
         env.keys().map(|k| (k, std::env::var_os(k))).collect();
-    // SAFETY: the other test in this binary does not touch the environment.
+    // SAFETY: no other thread of this binary reads or writes the environment while `ENV` is held.
     unsafe {
         for (k, v) in &env {
             std::env::set_var(k, v);
@@ -370,6 +378,40 @@ fn rendered_overlays_match_the_binary_and_each_other() {
         "{:?}",
         coord.recipe.pretrained
     );
+}
+
+#[test]
+fn the_prediction_example_runs_predict_on_a_gpu_with_the_binarys_flags() {
+    let Some(kubectl) = kubectl() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubectl is required under CI (set HBAC_KUBECTL or put it on PATH)"
+        );
+        eprintln!("skipped: kubectl not found (set HBAC_KUBECTL); the manifests were not checked");
+        return;
+    };
+    let docs = render(&kubectl, "examples/predict");
+    let job = find(&docs, "Job", "hbac-predict");
+    let c = container(job);
+    let Sub::Predict(p) = parse(&docs, c).command else {
+        panic!(
+            "the prediction Job does not run `hbac predict`: {}",
+            c["args"]
+        );
+    };
+    assert_eq!(p.run.as_deref(), Some("s3://my-bucket/hbac-runs/r1"));
+    assert_eq!(p.data, "s3://my-bucket/hms-new");
+    assert_eq!(p.out, "s3://my-bucket/hms-new/submission.csv");
+    assert_eq!(p.device, DeviceKind::Cuda);
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+    // The cache it converts the test files into is a writable volume.
+    let cache = p.cache.expect("--cache");
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    assert!(
+        mounts.iter().any(|m| m["mountPath"] == cache.as_str()),
+        "--cache={cache} is not a mounted volume: {mounts:?}"
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
 }
 
 #[test]

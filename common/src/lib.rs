@@ -13,6 +13,7 @@
 //! * [`metric`] — the Kaggle KL-divergence score and the Keras KL loss;
 //! * [`synth`] — deterministic synthetic HMS data sets with learnable class signal;
 //! * [`plot`] — SVG loss-vs-epoch figures;
+//! * [`onnx`] — the ONNX model format `hbac export` writes, and a graph builder;
 //! * [`records`] — the typed files of a job attempt (summary, metrics, saved training states);
 //! * [`progress`] — progress bars shared by every long-running command.
 
@@ -22,6 +23,7 @@ pub mod folds;
 pub mod hms;
 pub mod metric;
 pub mod npy;
+pub mod onnx;
 pub mod plot;
 pub mod prepare;
 pub mod preprocess;

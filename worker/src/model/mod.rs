@@ -7,6 +7,7 @@
 //! [`summary`]. `width < 1` gives reduced models for fast tests.
 
 pub mod efficientnetv2;
+pub mod export;
 pub mod init;
 pub mod layers;
 pub mod mobilenetv3;

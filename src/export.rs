@@ -1,0 +1,158 @@
+//! `hbac export`: trained models as ONNX files, for use outside hbac. One job's best checkpoint
+//! (`--checkpoint`) becomes one `.onnx`; a finished run (`--run`) becomes a folder with every
+//! job's model and `ensemble.json` — which models, their folds, the architectures' blend
+//! weights from `report.json`, and the preprocessing the models expect — written last, so a
+//! folder with `ensemble.json` is complete. The graph itself: `hbac_worker::model::export`.
+
+use anyhow::{Context, Result, bail};
+use hbac_common::hms::VOTE_COLUMNS;
+use hbac_common::records;
+use hbac_common::storage::Store;
+use hbac_worker::job;
+use hbac_worker::model::export::{INPUT, OUTPUT};
+use serde::Serialize;
+
+use crate::predict::FinishedRun;
+
+/// What the models' input is, from a data set's files (the reference pipeline).
+pub const PREPROCESSING: &str = "For each test.csv row, the spectrogram \
+test_spectrograms/<spectrogram_id>.parquet without its `time` column (400 columns, in the \
+file's order): rows [0, 300), the first 10 minutes (for a train.csv row, from row \
+spectrogram_label_offset_seconds // 2), zero-padded past the end of the file; NaN -> 0; \
+clipped to [e^-4, e^8]; natural log; standardised over the whole window as \
+(x - mean) / (population std + 1e-6); transposed to [400 columns, 300 rows]; the same window \
+in all 3 channels: float32 [3, 400, 300] per row, batched as [N, 3, 400, 300].";
+
+/// `ensemble.json`: how a run's exported models make its submission.
+#[derive(Debug, Serialize)]
+pub struct Ensemble {
+    pub format: u32,
+    pub run: String,
+    /// The run's out-of-fold Kaggle KL of the blend.
+    pub cv: f64,
+    pub input: Io,
+    pub output: Io,
+    pub preprocessing: &'static str,
+    pub blend: &'static str,
+    pub architectures: Vec<ArchModels>,
+}
+
+/// A graph input or output.
+#[derive(Debug, Serialize)]
+pub struct Io {
+    pub name: &'static str,
+    pub shape: Vec<serde_json::Value>,
+    pub columns: Option<Vec<&'static str>>,
+}
+
+/// One architecture's weight in the blend and its models.
+#[derive(Debug, Serialize)]
+pub struct ArchModels {
+    pub arch: String,
+    pub weight: f64,
+    pub cv: Option<f64>,
+    pub models: Vec<ModelFile>,
+}
+
+/// One exported job.
+#[derive(Debug, Serialize)]
+pub struct ModelFile {
+    pub file: String,
+    pub job: String,
+    pub fold: usize,
+    pub oof_kl: f64,
+}
+
+/// One job's best checkpoint (its output folder `dir`) as ONNX bytes, with `metadata`.
+pub async fn checkpoint_onnx(dir: &Store, metadata: &[(String, String)]) -> Result<Vec<u8>> {
+    for file in [records::CHECKPOINT, records::CONFIG] {
+        if !dir.exists(file).await? {
+            bail!(
+                "{} is missing: {} is not a finished job's output folder",
+                dir.url(file),
+                dir.root()
+            );
+        }
+    }
+    let device = Default::default();
+    let model = job::load_checkpoint::<crate::backend::Cpu>(dir, &device)
+        .await
+        .with_context(|| format!("loading the checkpoint in {}", dir.root()))?;
+    let mut meta = vec![("hbac.job_dir".to_string(), dir.root().to_string())];
+    meta.extend_from_slice(metadata);
+    model
+        .to_onnx(&meta)
+        .with_context(|| format!("exporting the model in {}", dir.root()))
+}
+
+/// Every job of `run` into `out` (`<job>.onnx`), then `ensemble.json`; returns the manifest.
+pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
+    let bar = hbac_common::progress::bar(run.jobs.len() as u64, "export");
+    let mut architectures: Vec<ArchModels> = run
+        .report
+        .archs
+        .iter()
+        .zip(&run.report.weights)
+        .map(|(arch, &weight)| ArchModels {
+            arch: arch.clone(),
+            weight,
+            cv: run.report.cv_by_arch.get(arch).copied(),
+            models: Vec::new(),
+        })
+        .collect();
+    for (arch, id, dir) in &run.jobs {
+        let line = run
+            .report
+            .jobs
+            .iter()
+            .find(|l| &l.job == id)
+            .with_context(|| format!("job {id} is not in the report of {}", run.url))?;
+        let meta = [
+            ("hbac.run".to_string(), run.url.clone()),
+            ("hbac.job".to_string(), id.clone()),
+            ("hbac.fold".to_string(), line.fold.to_string()),
+            (
+                "hbac.blend_weight".to_string(),
+                run.report.weights[*arch].to_string(),
+            ),
+        ];
+        let bytes = checkpoint_onnx(dir, &meta).await?;
+        let file = format!("{id}.onnx");
+        out.put(&file, bytes)
+            .await
+            .with_context(|| format!("writing {}", out.url(&file)))?;
+        architectures[*arch].models.push(ModelFile {
+            file,
+            job: id.clone(),
+            fold: line.fold,
+            oof_kl: line.oof_kl,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let batch = || serde_json::Value::from("batch");
+    let ensemble = Ensemble {
+        format: 1,
+        run: run.url.clone(),
+        cv: run.report.cv,
+        input: Io {
+            name: INPUT,
+            shape: vec![batch(), 3.into(), 400.into(), 300.into()],
+            columns: None,
+        },
+        output: Io {
+            name: OUTPUT,
+            shape: vec![batch(), VOTE_COLUMNS.len().into()],
+            columns: Some(VOTE_COLUMNS.to_vec()),
+        },
+        preprocessing: PREPROCESSING,
+        blend: "per architecture, the mean of its models' probabilities; then the sum over \
+                architectures of weight × that mean",
+        architectures,
+    };
+    let json = serde_json::to_vec_pretty(&ensemble)?;
+    out.put("ensemble.json", json)
+        .await
+        .with_context(|| format!("writing {}", out.url("ensemble.json")))?;
+    Ok(ensemble)
+}
