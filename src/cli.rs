@@ -362,6 +362,28 @@ pub struct RecipeArgs {
     /// 0.2; MobileNetV3 has none) [default: 0, none].
     #[arg(long, default_value_t = 0.0)]
     pub drop_connect: f64,
+    /// The image the models see: kaggle (the reference: Kaggle's spectrogram window,
+    /// [3, 400, 300]), eeg (the EEG window's mel image from `hbac prepare --eeg`,
+    /// [3, 512, 256]) or both (the two tiled side by side, [3, 512, 512]; README). The EEG
+    /// images are computed into the cache first when missing.
+    #[arg(long, value_enum, default_value_t = hbac_common::preprocess::Input::Kaggle)]
+    pub input: hbac_common::preprocess::Input,
+    /// Train only on rows with at least N annotator votes, all classes together (the
+    /// validation fold keeps every row) [default: every row].
+    #[arg(long, value_name = "N")]
+    pub min_votes: Option<f64>,
+    /// A second training stage after --epochs, as the top HMS solutions trained: from stage
+    /// 1's best weights, with a fresh optimizer, on the training rows with at least N votes
+    /// only; the job keeps the best epoch of either stage. Needs --stage2-epochs.
+    #[arg(long, value_name = "N", requires = "stage2_epochs")]
+    pub stage2_min_votes: Option<f64>,
+    /// Epochs of the second stage.
+    #[arg(long, value_name = "E", requires = "stage2_min_votes")]
+    pub stage2_epochs: Option<usize>,
+    /// Stage 2's peak learning rate: a cosine from it (no warm-up) to stage 1's floor over
+    /// the stage's epochs [default: a tenth of stage 1's peak].
+    #[arg(long, value_name = "LR", requires = "stage2_min_votes")]
+    pub stage2_lr: Option<f64>,
     /// Threads building batches ahead of the training step.
     #[arg(long, default_value_t = 2)]
     pub loader_threads: usize,

@@ -443,6 +443,8 @@ pub(crate) fn cache_store(data: &Store, cache: &Option<String>) -> Result<Store>
 struct EpochProgress {
     bar: Option<indicatif::ProgressBar>,
     epochs: usize,
+    /// Stage 1's epochs when there is a second stage.
+    stage1: Option<usize>,
 }
 
 impl hbac_worker::train::trainer::TrainHooks for EpochProgress {
@@ -458,8 +460,13 @@ impl hbac_worker::train::trainer::TrainHooks for EpochProgress {
             bar.finish_and_clear();
         }
         let valid = r.valid_kl.map_or("-".to_string(), |v| format!("{v:.4}"));
+        let stage = match self.stage1 {
+            Some(first) if r.epoch >= first => " [stage 2]",
+            Some(_) => " [stage 1]",
+            None => "",
+        };
         println!(
-            "epoch {}/{} lr {:.3e} train_kl {:.4} valid_kl {valid}{} {:.1} samples/s {:.1} s",
+            "epoch {}/{}{stage} lr {:.3e} train_kl {:.4} valid_kl {valid}{} {:.1} samples/s {:.1} s",
             r.epoch + 1,
             self.epochs,
             r.lr,
@@ -476,7 +483,7 @@ async fn train(a: TrainArgs) -> Result<()> {
 
     let data = Store::open(&a.data)?;
     let cfg = a.recipe.train_config(a.arch)?;
-    let epochs = cfg.epochs;
+    let (epochs, stage1) = (cfg.total_epochs(), cfg.stage2.map(|_| cfg.epochs));
     let spec = JobSpec {
         cache: cache_store(&data, &a.cache)?,
         out: Store::create(&a.out)?,
@@ -490,7 +497,11 @@ async fn train(a: TrainArgs) -> Result<()> {
         resume: a.resume.as_deref().map(Store::open).transpose()?,
     };
     info!(arch = %a.arch, fold = a.fold, out = spec.out.root(), device = ?a.device, "training");
-    let hooks = EpochProgress { bar: None, epochs };
+    let hooks = EpochProgress {
+        bar: None,
+        epochs,
+        stage1,
+    };
     crate::backend::check(a.device)?;
     let s = match a.device {
         DeviceKind::Cpu => {
@@ -574,25 +585,34 @@ async fn predict(a: PredictArgs) -> Result<()> {
     let test = [hbac_common::prepare::Split::Test];
     hbac_common::prepare::prepare_splits(&data, &cache, &test, a.jobs).await?;
     let dir = Store::open(checkpoint)?;
+    let input = crate::predict::job_input(&dir).await?;
+    if input.uses_eegs() {
+        hbac_common::eeg_cache::prepare_splits(&data, &cache, &test, a.jobs).await?;
+    }
     let cache = hbac_common::prepare::Cache::new(cache);
+    let batching = job::Batching {
+        batch_size: a.batch_size,
+        threads: 2,
+        concurrency: a.jobs,
+    };
     crate::backend::check(a.device)?;
     let rows = match a.device {
         DeviceKind::Cpu => {
             let device = Default::default();
-            let model = job::load_checkpoint::<crate::backend::Cpu>(&dir, &device).await?;
-            job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
+            let (model, _) = job::load_checkpoint::<crate::backend::Cpu>(&dir, &device).await?;
+            job::predict_test(model, input, &data, &cache, batching, device).await?
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
             let device = crate::backend::cuda_device(0);
-            let model = job::load_checkpoint::<crate::backend::Cuda>(&dir, &device).await?;
-            job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
+            let (model, _) = job::load_checkpoint::<crate::backend::Cuda>(&dir, &device).await?;
+            job::predict_test(model, input, &data, &cache, batching, device).await?
         }
         #[cfg(feature = "wgpu")]
         DeviceKind::Wgpu => {
             let device = crate::backend::wgpu_device(0);
-            let model = job::load_checkpoint::<crate::backend::Wgpu>(&dir, &device).await?;
-            job::predict_test(model, &data, &cache, a.batch_size, 2, a.jobs, device).await?
+            let (model, _) = job::load_checkpoint::<crate::backend::Wgpu>(&dir, &device).await?;
+            job::predict_test(model, input, &data, &cache, batching, device).await?
         }
         #[allow(unreachable_patterns)]
         other => unreachable!("backend::check refuses {other:?} in this build"),

@@ -6,6 +6,7 @@
 
 use anyhow::{Context, Result, bail};
 use hbac_common::hms::VOTE_COLUMNS;
+use hbac_common::preprocess::Input;
 use hbac_common::records;
 use hbac_common::storage::Store;
 use hbac_worker::job;
@@ -13,6 +14,30 @@ use hbac_worker::model::export::{INPUT, OUTPUT};
 use serde::Serialize;
 
 use crate::predict::FinishedRun;
+
+/// How each input kind is made from a data set's files.
+pub fn preprocessing_text(input: Input) -> &'static str {
+    match input {
+        Input::Kaggle => PREPROCESSING,
+        Input::Eeg => EEG_PREPROCESSING,
+        Input::Both => BOTH_PREPROCESSING,
+    }
+}
+
+/// The `eeg` input from a data set's files.
+pub const EEG_PREPROCESSING: &str = "For each test.csv row, the EEG \
+test_eegs/<eeg_id>.parquet (for a train.csv row, train_eegs/<eeg_id>.parquet from \
+eeg_label_offset_seconds), 50 s = 10,000 rows at 200 Hz, as `hbac eeg-spectrogram` computes \
+it (librosa's melspectrogram of each bipolar pair, n_fft 1024, win_length 128, hop len//256, \
+128 mels, fmax 20; power_to_db(ref=max); (db + 40) / 40; 256 frames; a chain the mean of its \
+4 pairs): float32 [4 chains LL, RL, LP, RP, 128 mels low to high, 256 frames], the chains \
+stacked as rows: [512, 256], in all 3 channels: [3, 512, 256] per row.";
+
+/// The `both` input from a data set's files.
+pub const BOTH_PREPROCESSING: &str = "[3, 512, 512] per row: columns 0-255 hold Kaggle's \
+spectrogram window made as for the `kaggle` input ([400, 300] standardised), chain k (its 100 \
+frequencies) in rows 128k+14 .. 128k+113 over the window's rows 22 .. 277 (zeros elsewhere); \
+columns 256-511 hold the `eeg` input's [512, 256] plane; the same plane in all 3 channels.";
 
 /// What the models' input is, from a data set's files (the reference pipeline).
 pub const PREPROCESSING: &str = "For each test.csv row, the spectrogram \
@@ -32,7 +57,8 @@ pub struct Ensemble {
     pub cv: f64,
     pub input: Io,
     pub output: Io,
-    pub preprocessing: &'static str,
+    /// Per input kind the models take, how it is made from the data set's files.
+    pub preprocessing: std::collections::BTreeMap<&'static str, &'static str>,
     pub blend: &'static str,
     pub architectures: Vec<ArchModels>,
 }
@@ -61,6 +87,10 @@ pub struct ModelFile {
     pub job: String,
     pub fold: usize,
     pub oof_kl: f64,
+    /// The image it takes (`kaggle`, `eeg`, `both`) and that image's `[channels, height,
+    /// width]`.
+    pub input: Input,
+    pub shape: [usize; 3],
 }
 
 /// One job's best checkpoint (its output folder `dir`) as ONNX bytes, with `metadata`.
@@ -75,10 +105,16 @@ pub async fn checkpoint_onnx(dir: &Store, metadata: &[(String, String)]) -> Resu
         }
     }
     let device = Default::default();
-    let model = job::load_checkpoint::<crate::backend::Cpu>(dir, &device)
+    let (model, train) = job::load_checkpoint::<crate::backend::Cpu>(dir, &device)
         .await
         .with_context(|| format!("loading the checkpoint in {}", dir.root()))?;
-    let mut meta = vec![("hbac.job_dir".to_string(), dir.root().to_string())];
+    let mut meta = vec![
+        ("hbac.job_dir".to_string(), dir.root().to_string()),
+        (
+            "hbac.input_image".to_string(),
+            train.input.name().to_string(),
+        ),
+    ];
     meta.extend_from_slice(metadata);
     model
         .to_onnx(&meta)
@@ -100,7 +136,9 @@ pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
             models: Vec::new(),
         })
         .collect();
-    for (arch, id, dir) in &run.jobs {
+    let mut preprocessing = std::collections::BTreeMap::new();
+    for ((arch, id, dir), &input) in run.jobs.iter().zip(&run.inputs) {
+        preprocessing.insert(input.name(), preprocessing_text(input));
         let line = run
             .report
             .jobs
@@ -126,6 +164,8 @@ pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
             job: id.clone(),
             fold: line.fold,
             oof_kl: line.oof_kl,
+            input,
+            shape: input.shape(),
         });
         bar.inc(1);
     }
@@ -137,7 +177,7 @@ pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
         cv: run.report.cv,
         input: Io {
             name: INPUT,
-            shape: vec![batch(), 3.into(), 400.into(), 300.into()],
+            shape: vec![batch(), 3.into(), "height".into(), "width".into()],
             columns: None,
         },
         output: Io {
@@ -145,7 +185,7 @@ pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
             shape: vec![batch(), VOTE_COLUMNS.len().into()],
             columns: Some(VOTE_COLUMNS.to_vec()),
         },
-        preprocessing: PREPROCESSING,
+        preprocessing,
         blend: "per architecture, the mean of its models' probabilities; then the sum over \
                 architectures of weight × that mean",
         architectures,

@@ -11,6 +11,7 @@
 use anyhow::{Context, Result, bail};
 use hbac_common::hms::tables::{self, ProbRow};
 use hbac_common::prepare::{self, Cache, Split};
+use hbac_common::preprocess::Input;
 use hbac_common::proto::wire::RunPhase;
 use hbac_common::records;
 use hbac_common::storage::Store;
@@ -29,6 +30,8 @@ pub struct FinishedRun {
     pub report: Report,
     /// (index into `report.archs`, job id, the job's output folder).
     pub jobs: Vec<(usize, String, Store)>,
+    /// Each job's input, in the order of `jobs` (from its `config.json`).
+    pub inputs: Vec<Input>,
 }
 
 /// Opens the run at `url`, refusing one that is not finished or lacks a job's files.
@@ -67,6 +70,7 @@ pub async fn open_run(url: &str) -> Result<FinishedRun> {
         );
     }
     let mut jobs = Vec::new();
+    let mut inputs = Vec::new();
     for line in &report.jobs {
         let Some(arch) = report.archs.iter().position(|a| *a == line.arch) else {
             bail!(
@@ -87,13 +91,28 @@ pub async fn open_run(url: &str) -> Result<FinishedRun> {
                 );
             }
         }
+        inputs.push(job_input(&dir).await?);
         jobs.push((arch, line.job.clone(), dir));
     }
     Ok(FinishedRun {
         url: out.root().to_string(),
         report,
         jobs,
+        inputs,
     })
+}
+
+/// The input a job's model takes, from its `config.json` (Kaggle's spectrograms when the
+/// config predates the choice).
+pub async fn job_input(dir: &Store) -> Result<Input> {
+    let url = dir.url(records::CONFIG);
+    let record: serde_json::Value = serde_json::from_slice(&dir.get(records::CONFIG).await?)
+        .with_context(|| format!("{url}: not JSON"))?;
+    match record.get("train").and_then(|t| t.get("input")) {
+        None => Ok(Input::Kaggle),
+        Some(v) => serde_json::from_value(v.clone())
+            .with_context(|| format!("{url}: train.input {v} is not kaggle, eeg or both")),
+    }
 }
 
 /// A job's output folder: under the run's root as it is now when the run was moved or copied
@@ -130,6 +149,9 @@ pub async fn predict_run(
         bail!("{test_url} has no rows");
     }
     prepare::prepare_splits(data, cache, &[Split::Test], s.concurrency).await?;
+    if run.inputs.iter().any(|i| i.uses_eegs()) {
+        hbac_common::eeg_cache::prepare_splits(data, cache, &[Split::Test], s.concurrency).await?;
+    }
     let cache = Cache::new(cache.clone());
     crate::backend::check(s.device)?;
     match s.device {
@@ -160,19 +182,28 @@ async fn ensemble<B: FusedOps>(
 ) -> Result<Vec<ProbRow>> {
     let mut models = Vec::with_capacity(run.jobs.len());
     for (arch, id, dir) in &run.jobs {
-        let model = job::load_checkpoint::<B>(dir, &device)
+        let (model, train) = job::load_checkpoint::<B>(dir, &device)
             .await
             .with_context(|| format!("loading job {id}'s checkpoint from {}", dir.root()))?;
-        models.push((*arch, model));
+        models.push((*arch, train.input, model));
     }
     let bar = hbac_common::progress::bar((rows.len() * models.len()) as u64, "predict");
     let mut ensemble = TestEnsemble::new(&run.report.archs);
     for chunk in rows.chunks(CHUNK) {
-        let set = job::load_test_set(cache, job::test_samples(chunk), s.concurrency).await?;
-        for (arch, model) in &models {
+        // Each chunk's images are built once per input kind the models take.
+        let mut sets = std::collections::HashMap::new();
+        for (arch, input, model) in &models {
+            let set = match sets.get(input) {
+                Some(set) => std::sync::Arc::clone(set),
+                None => {
+                    let samples = job::test_samples(chunk);
+                    let set = job::load_test_set(cache, *input, samples, s.concurrency).await?;
+                    sets.insert(*input, set.clone());
+                    set
+                }
+            };
             let preds =
-                job::predict_set(model, set.clone(), s.batch_size, s.threads, device.clone())
-                    .await?;
+                job::predict_set(model, set, s.batch_size, s.threads, device.clone()).await?;
             ensemble.add(*arch, &preds);
             bar.inc(chunk.len() as u64);
         }

@@ -7,7 +7,7 @@ use hbac_common::preprocess::{LabelMode, SampleSelection};
 use hbac_worker::model::{Arch, InitScheme, ModelConfig};
 use hbac_worker::train::augment::AugmentConfig;
 use hbac_worker::train::schedule::LrSchedule;
-use hbac_worker::train::trainer::{OptimizerKind, TrainConfig};
+use hbac_worker::train::trainer::{OptimizerKind, Stage2, TrainConfig};
 
 use crate::cli::{OptimizerArg, RecipeArgs};
 
@@ -74,7 +74,16 @@ impl RecipeArgs {
             .with_seed(self.seed)
             .with_loader_threads(self.loader_threads)
             .with_pretrained(self.pretrained_for(arch)?)
-            .with_drop_connect((self.drop_connect > 0.0).then_some(self.drop_connect));
+            .with_drop_connect((self.drop_connect > 0.0).then_some(self.drop_connect))
+            .with_min_votes(self.min_votes)
+            .with_input(self.input)
+            .with_stage2(self.stage2_min_votes.zip(self.stage2_epochs).map(
+                |(min_votes, epochs)| Stage2 {
+                    min_votes,
+                    epochs,
+                    lr: self.stage2_lr,
+                },
+            ));
         // The checks every worker applies to an order, named by the config's fields.
         config
             .validate()

@@ -371,6 +371,8 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
                 let cfg = SynthConfig {
                     patients: a.patients,
                     eeg_files: 1,
+                    // Every EEG, carrying its class, when the models look at them.
+                    all_eegs: a.recipe.input.uses_eegs(),
                     concurrency: a.jobs,
                     ..SynthConfig::default()
                 };

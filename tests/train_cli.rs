@@ -395,3 +395,170 @@ fn model_check_on_wgpu_matches_the_cpu_and_autotunes_no_matmul() {
         "autotuned: {tuned:?}"
     );
 }
+
+#[test]
+fn two_stage_training_and_min_votes_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("data"), 12, 5);
+    let out = tmp.path().join("two");
+    let stdout = reduced(
+        &data,
+        out.to_str().unwrap(),
+        "mobilenetv3-large",
+        2,
+        &[
+            "--all-rows",
+            "--min-votes",
+            "2",
+            "--stage2-min-votes",
+            "8",
+            "--stage2-epochs",
+            "2",
+            "--stage2-lr",
+            "1e-3",
+        ],
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(lines[1].starts_with("epoch 2/4 [stage 1]"), "{stdout}");
+    assert!(
+        lines[2].starts_with("epoch 3/4 [stage 2] lr 1.000e-3"),
+        "{stdout}"
+    );
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["train"]["min_votes"], 2.0);
+    assert_eq!(config["train"]["stage2"]["epochs"], 2);
+    let (train, stage2) = (
+        config["train_samples"].as_u64().unwrap(),
+        config["stage2_samples"].as_u64().unwrap(),
+    );
+    assert!(0 < stage2 && stage2 < train, "{stage2} of {train}");
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    // The kept epoch is the best of either stage.
+    let valid: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["valid_kl"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let argmin = (0..valid.len())
+        .min_by(|&a, &b| valid[a].total_cmp(&valid[b]))
+        .unwrap();
+    assert_eq!(
+        summary["best_epoch"].as_u64().unwrap() as usize,
+        argmin,
+        "{valid:?}"
+    );
+
+    // A threshold no row reaches fails naming the file and the flag; stage-2 flags go together.
+    let none = tmp.path().join("none");
+    let err = common::fails(
+        &reduced_args(
+            &data,
+            none.to_str().unwrap(),
+            "mobilenetv3-large",
+            "1",
+            &["--min-votes", "1000"],
+        ),
+        &[],
+    );
+    assert!(
+        err.contains("train.csv") && err.contains("--min-votes"),
+        "{err}"
+    );
+    assert!(!none.join("summary.json").exists());
+    let err = common::fails(
+        &reduced_args(
+            &data,
+            none.to_str().unwrap(),
+            "mobilenetv3-large",
+            "1",
+            &["--stage2-epochs", "2"],
+        ),
+        &[],
+    );
+    assert!(err.contains("--stage2-min-votes"), "{err}");
+}
+
+#[test]
+fn eeg_and_both_inputs_train_predict_and_say_what_they_took() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    ok(&[
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--patients",
+        "12",
+        "--seed",
+        "8",
+        "--test",
+        "3",
+        "--eegs",
+    ]);
+    let data = data.to_str().unwrap();
+    for input in ["eeg", "both"] {
+        let out = tmp.path().join(input);
+        let stdout = reduced(
+            data,
+            out.to_str().unwrap(),
+            "efficientnetv2-b2",
+            2,
+            &["--input", input],
+        );
+        assert_eq!(
+            stdout.lines().filter(|l| l.starts_with("epoch ")).count(),
+            2,
+            "{stdout}"
+        );
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["train"]["input"], input);
+        // The EEG images were computed into the cache on the way.
+        assert!(
+            std::path::Path::new(data)
+                .join("cache/train_eeg_spectrograms")
+                .read_dir()
+                .unwrap()
+                .count()
+                > 0
+        );
+        // The job's own test predictions, and `predict --checkpoint` from a test-only folder,
+        // agree: the test EEGs' images are made there from test_eegs/.
+        let hidden = tmp.path().join(format!("hidden-{input}"));
+        std::fs::create_dir_all(&hidden).unwrap();
+        let test_csv = std::path::Path::new(data).join("test.csv");
+        std::fs::copy(test_csv, hidden.join("test.csv")).unwrap();
+        for d in ["test_spectrograms", "test_eegs"] {
+            let (from, to) = (std::path::Path::new(data).join(d), hidden.join(d));
+            std::fs::create_dir_all(&to).unwrap();
+            for e in std::fs::read_dir(from).unwrap().flatten() {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+        let sub = tmp.path().join(format!("{input}.csv"));
+        ok(&[
+            "predict",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--data",
+            hidden.to_str().unwrap(),
+            "--out",
+            sub.to_str().unwrap(),
+        ]);
+        let read = |p: &std::path::Path| parse_prob_csv(&std::fs::read(p).unwrap(), "x").unwrap();
+        let (got, want) = (read(&sub), read(&out.join("test.csv")));
+        assert_eq!(got.len(), 3);
+        for (a, b) in got.iter().zip(&want) {
+            assert_eq!(a.eeg_id, b.eeg_id);
+            for (p, q) in a.values.iter().zip(&b.values) {
+                assert!((p - q).abs() < 1e-6, "{input}: {p} vs {q}");
+            }
+        }
+    }
+}

@@ -82,13 +82,17 @@ struct Window {
     line: u64,
 }
 
-/// Windows per EEG file that `train.csv` and (if present) `test.csv` reference.
-async fn referenced(data: &Store) -> Result<Vec<(Split, i64, Vec<Window>)>> {
+/// Windows per EEG file that `train.csv` and (if present) `test.csv` reference, of `splits`.
+async fn referenced(data: &Store, splits: &[Split]) -> Result<Vec<(Split, i64, Vec<Window>)>> {
     let mut out = Vec::new();
     let file = data.url("train.csv");
     let mut train: BTreeMap<i64, Vec<Window>> = BTreeMap::new();
     let mut seen = HashSet::new();
-    let rows = tables::parse_train_csv(&data.get("train.csv").await?, &file)?;
+    let rows = if splits.contains(&Split::Train) {
+        tables::parse_train_csv(&data.get("train.csv").await?, &file)?
+    } else {
+        Vec::new()
+    };
     for (i, r) in rows.iter().enumerate() {
         if seen.insert((r.eeg_id, r.eeg_sub_id)) {
             train.entry(r.eeg_id).or_default().push(Window {
@@ -100,6 +104,7 @@ async fn referenced(data: &Store) -> Result<Vec<(Split, i64, Vec<Window>)>> {
     }
     out.extend(train.into_iter().map(|(id, w)| (Split::Train, id, w)));
     let test = match data.get("test.csv").await {
+        _ if !splits.contains(&Split::Test) => Vec::new(),
         Ok(b) => tables::parse_test_csv(&b, &data.url("test.csv"))?,
         Err(Error::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e),
@@ -119,12 +124,23 @@ async fn referenced(data: &Store) -> Result<Vec<(Split, i64, Vec<Window>)>> {
 }
 
 /// Computes every referenced window's image into `cache`, skipping those already there,
-/// `concurrency` EEG files at a time.
+/// `concurrency` EEG files at a time; writes `eeg_manifest.json` last.
 pub async fn prepare(data: &Store, cache: &Store, concurrency: usize) -> Result<EegPrepareSummary> {
+    prepare_splits(data, cache, &[Split::Train, Split::Test], concurrency).await
+}
+
+/// [`prepare`] for the windows of `splits` only (`[Split::Test]`: a test set without
+/// `train.csv`, for `hbac predict`); the manifest is written only when both are prepared.
+pub async fn prepare_splits(
+    data: &Store,
+    cache: &Store,
+    splits: &[Split],
+    concurrency: usize,
+) -> Result<EegPrepareSummary> {
     let start = Instant::now();
-    let files = referenced(data).await?;
+    let files = referenced(data, splits).await?;
     let mut done = HashSet::new();
-    for split in [Split::Train, Split::Test] {
+    for &split in splits {
         for (k, _) in cache.list(dir(split)).await? {
             done.insert(format!("{}/{k}", dir(split)));
         }
@@ -182,12 +198,14 @@ pub async fn prepare(data: &Store, cache: &Store, concurrency: usize) -> Result<
         train,
         test,
     };
-    cache
-        .put(
-            "eeg_manifest.json",
-            serde_json::to_vec_pretty(&manifest).expect("serialisable"),
-        )
-        .await?;
+    if splits.contains(&Split::Train) && splits.contains(&Split::Test) {
+        cache
+            .put(
+                "eeg_manifest.json",
+                serde_json::to_vec_pretty(&manifest).expect("serialisable"),
+            )
+            .await?;
+    }
     Ok(EegPrepareSummary {
         converted: total_windows,
         skipped,

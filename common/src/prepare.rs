@@ -24,9 +24,12 @@ use crate::storage::Store;
 pub const CACHE_FORMAT: u32 = 1;
 
 /// Which half of the data set a spectrogram belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Split {
+    #[default]
     Train,
     Test,
 }
@@ -101,6 +104,22 @@ impl Cache {
         let bytes = self.store.get(&key).await?;
         let url = self.store.url(&key);
         tokio::task::spawn_blocking(move || npy::decode(&bytes, &url))
+            .await
+            .expect("decode task panicked")
+    }
+
+    /// Loads one cached EEG window image (`key` from [`crate::eeg_cache::key`]); a missing
+    /// one says how to make it.
+    pub async fn load_eeg(&self, key: &str) -> Result<crate::hms::eeg::EegImage> {
+        let bytes = self.store.get(key).await.map_err(|e| match e {
+            Error::NotFound { url, .. } => Error::NotFound {
+                url,
+                note: " (run `hbac prepare --eeg`: the EEG images are not in the cache)".into(),
+            },
+            e => e,
+        })?;
+        let url = self.store.url(key);
+        tokio::task::spawn_blocking(move || crate::hms::eeg::decode(&bytes, &url))
             .await
             .expect("decode task panicked")
     }

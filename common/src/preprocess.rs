@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Location, Result};
+use crate::hms::eeg::{self, EegImage};
 use crate::hms::spectrogram::{FEATURES, SECONDS_PER_ROW, Spectrogram, WINDOW};
 use crate::hms::tables::TrainRow;
 use crate::hms::{Class, N_CLASSES};
@@ -16,6 +17,122 @@ pub const WINDOW_LEN: usize = FEATURES * WINDOW;
 pub const CHANNELS: usize = 3;
 /// Elements of one model input `[3, 400, 300]`.
 pub const INPUT_LEN: usize = CHANNELS * WINDOW_LEN;
+
+/// Which image a model sees (`--input`); every image has 3 identical channels, as the
+/// ImageNet backbones expect.
+///
+/// - `kaggle` — the reference: Kaggle's spectrogram window, `[3, 400, 300]` (400 columns of
+///   the parquet file in its order — LL, RL, LP, RP × 100 frequencies — by 300 rows of 2 s);
+/// - `eeg` — the EEG window's mel image (`hbac prepare --eeg`), `[3, 512, 256]`: chains LL, RL,
+///   LP, RP stacked top to bottom, each 128 mel bins (low to high) by 256 frames;
+/// - `both` — the public starter's 512 × 512 tiling, `[3, 512, 512]`: on the left (columns
+///   0–255) Kaggle's four chains, each in a 128-row band (its 100 frequencies in rows 14–113,
+///   zero above and below) over the window's middle 256 rows (rows 22–277 of the 300; the
+///   window standardised as for `kaggle`); on the right (columns 256–511) the EEG image.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Input {
+    #[default]
+    Kaggle,
+    Eeg,
+    Both,
+}
+
+impl Input {
+    /// The model input of one sample, `[channels, height, width]`.
+    pub fn shape(self) -> [usize; 3] {
+        match self {
+            Input::Kaggle => [CHANNELS, FEATURES, WINDOW],
+            Input::Eeg => [CHANNELS, EEG_HEIGHT, eeg::FRAMES],
+            Input::Both => [CHANNELS, EEG_HEIGHT, 2 * eeg::FRAMES],
+        }
+    }
+
+    /// Elements of one sample's input.
+    pub fn elements(self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// Whether the image has Kaggle's spectrogram in it.
+    pub fn uses_spectrograms(self) -> bool {
+        self != Input::Eeg
+    }
+
+    /// Whether the image has the EEG's mel image in it (the `.npy` cache `hbac prepare --eeg`
+    /// builds).
+    pub fn uses_eegs(self) -> bool {
+        self != Input::Kaggle
+    }
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Input::Kaggle => "kaggle",
+            Input::Eeg => "eeg",
+            Input::Both => "both",
+        }
+    }
+}
+
+/// Rows of the EEG image as one plane: four chains of 128 mel bins.
+pub const EEG_HEIGHT: usize = eeg::SHAPE[0] * eeg::N_MELS;
+/// Rows of a 128-row band above and below Kaggle's 100 frequencies in the `both` image.
+const BAND_PAD: usize = (eeg::N_MELS - FEATURES / 4) / 2;
+/// Rows dropped at each end of Kaggle's 300-row window in the `both` image.
+const TIME_CROP: usize = (WINDOW - eeg::FRAMES) / 2;
+
+/// Writes the `eeg` model input `[3, 512, 256]` of an EEG image into `out`.
+pub fn eeg_input(image: &EegImage, out: &mut [f32]) {
+    assert_eq!(
+        out.len(),
+        Input::Eeg.elements(),
+        "out must hold [3, 512, 256]"
+    );
+    let plane = image.data.len();
+    for c in 0..CHANNELS {
+        // [4, 128, 256] row-major is already the 512 × 256 plane, chains stacked.
+        out[c * plane..(c + 1) * plane].copy_from_slice(&image.data);
+    }
+}
+
+/// Writes the `both` model input `[3, 512, 512]` of Kaggle's window at `offset` and an EEG
+/// image into `out` (see [`Input`]); errors as [`model_input`].
+pub fn both_input(
+    spec: &Spectrogram,
+    offset: usize,
+    image: &EegImage,
+    file: &str,
+    out: &mut [f32],
+) -> Result<()> {
+    assert_eq!(
+        out.len(),
+        Input::Both.elements(),
+        "out must hold [3, 512, 512]"
+    );
+    let mut kaggle = vec![0.0f32; INPUT_LEN];
+    model_input(spec, offset, file, &mut kaggle)?;
+    let (h, w, frames) = (EEG_HEIGHT, 2 * eeg::FRAMES, eeg::FRAMES);
+    let plane = &mut out[..h * w];
+    plane.fill(0.0);
+    let band = FEATURES / 4;
+    for chain in 0..4 {
+        for f in 0..band {
+            let src = &kaggle[(chain * band + f) * WINDOW + TIME_CROP..][..frames];
+            let row = chain * eeg::N_MELS + BAND_PAD + f;
+            plane[row * w..row * w + frames].copy_from_slice(src);
+        }
+    }
+    for row in 0..h {
+        plane[row * w + frames..(row + 1) * w]
+            .copy_from_slice(&image.data[row * frames..(row + 1) * frames]);
+    }
+    let (first, rest) = out.split_at_mut(h * w);
+    rest[..h * w].copy_from_slice(first);
+    rest[h * w..].copy_from_slice(first);
+    Ok(())
+}
 
 /// Which `train.csv` rows become training samples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -46,6 +163,10 @@ pub struct Sample {
     pub row: usize,
     pub label_id: i64,
     pub eeg_id: i64,
+    /// The row's `eeg_sub_id`, which names its EEG window's image (`None` for test rows: a
+    /// test EEG is one 50-s window).
+    #[serde(default)]
+    pub eeg_sub_id: Option<i64>,
     pub patient_id: i64,
     pub spectrogram_id: i64,
     /// First spectrogram row of the window: `spectrogram_label_offset_seconds // 2`.
@@ -53,6 +174,10 @@ pub struct Sample {
     pub class: Class,
     /// Target distribution in vote-column order.
     pub target: [f32; N_CLASSES],
+    /// Annotators' votes on the row, all classes together (the agreement `--min-votes` and
+    /// `--stage2-min-votes` select on; 0 for test rows).
+    #[serde(default)]
+    pub votes: f32,
 }
 
 /// `offset // 2` of the reference: the window's first row for a label offset in seconds.
@@ -89,11 +214,13 @@ pub fn select_samples(
             row: i,
             label_id: r.label_id,
             eeg_id: r.eeg_id,
+            eeg_sub_id: Some(r.eeg_sub_id),
             patient_id: r.patient_id,
             spectrogram_id: r.spectrogram_id,
             offset_rows: offset_rows(r.spectrogram_label_offset_seconds),
             class: r.expert_consensus,
             target: target(r, labels),
+            votes: r.votes.iter().sum::<f64>() as f32,
         })
         .collect()
 }
@@ -189,6 +316,71 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(all[1].offset_rows, 3);
         assert_eq!(all[2].target, [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn eeg_and_both_inputs_tile_as_documented() {
+        // EEG image value = chain·1e6 + mel·1e3 + frame, so every cell says where it came from.
+        let mut data = Vec::new();
+        for chain in 0..4 {
+            for mel in 0..128 {
+                for frame in 0..256 {
+                    data.push((chain * 1_000_000 + mel * 1000 + frame) as f32);
+                }
+            }
+        }
+        let image = EegImage { data };
+        let mut eeg = vec![0.0; Input::Eeg.elements()];
+        eeg_input(&image, &mut eeg);
+        assert_eq!(Input::Eeg.shape(), [3, 512, 256]);
+        let at = |x: &[f32], w: usize, c: usize, r: usize, col: usize| x[(c * 512 + r) * w + col];
+        assert_eq!(at(&eeg, 256, 0, 0, 0), 0.0);
+        assert_eq!(
+            at(&eeg, 256, 2, 128 * 3 + 5, 7),
+            3_005_007.0,
+            "chain RP, mel 5, frame 7"
+        );
+
+        // Kaggle: a spectrogram whose standardised window is known: feature f, row t.
+        let rows = 300;
+        let spec_data: Vec<f32> = (0..FEATURES)
+            .flat_map(|f| (0..rows).map(move |t| 1.0 + ((f * 7 + t * 3) % 50) as f32))
+            .collect();
+        let spec = Spectrogram {
+            rows,
+            data: spec_data,
+        };
+        let mut kaggle = vec![0.0; INPUT_LEN];
+        model_input(&spec, 0, "s", &mut kaggle).unwrap();
+        let mut both = vec![f32::NAN; Input::Both.elements()];
+        both_input(&spec, 0, &image, "s", &mut both).unwrap();
+        assert_eq!(Input::Both.shape(), [3, 512, 512]);
+        for c in 0..3 {
+            for chain in 0..4 {
+                for r in 0..128 {
+                    let row = chain * 128 + r;
+                    for col in [0, 1, 100, 255] {
+                        let got = at(&both, 512, c, row, col);
+                        let want = if (14..114).contains(&r) {
+                            let f = chain * 100 + r - 14;
+                            kaggle[f * 300 + 22 + col]
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(got, want, "chain {chain} row {r} col {col}");
+                    }
+                    for col in [256, 300, 511] {
+                        assert_eq!(
+                            at(&both, 512, c, row, col),
+                            image.data[row * 256 + col - 256]
+                        );
+                    }
+                }
+            }
+        }
+        // A window past the end is an error naming the file, as for the kaggle input.
+        let e = both_input(&spec, 300, &image, "spectrograms/9.parquet", &mut both).unwrap_err();
+        assert!(e.to_string().contains("spectrograms/9.parquet"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,18 @@ pub const LOSS: &str = "loss.svg";
 /// `summary.json`, written last: its presence means the attempt's files are complete.
 pub const SUMMARY: &str = "summary.json";
 
+/// Epochs a training configuration runs in all — its `epochs`, plus `stage2.epochs` when it
+/// has a second stage — read from the JSON of the worker's `TrainConfig` (which the
+/// coordinator forwards without linking the trainer).
+pub fn planned_epochs(train: &serde_json::Value) -> Option<usize> {
+    let first = train.get("epochs")?.as_u64()?;
+    let second = match train.get("stage2") {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(s) => s.get("epochs")?.as_u64()?,
+    };
+    usize::try_from(first.checked_add(second)?).ok()
+}
+
 /// What one epoch did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {
@@ -145,6 +157,20 @@ impl TrainState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn planned_epochs_count_both_stages() {
+        use serde_json::json;
+        assert_eq!(planned_epochs(&json!({"epochs": 13})), Some(13));
+        assert_eq!(
+            planned_epochs(&json!({"epochs": 13, "stage2": null})),
+            Some(13)
+        );
+        let two = json!({"epochs": 13, "stage2": {"min_votes": 10.0, "epochs": 4, "lr": null}});
+        assert_eq!(planned_epochs(&two), Some(17));
+        assert_eq!(planned_epochs(&json!({"epochs": 13, "stage2": {}})), None);
+        assert_eq!(planned_epochs(&json!({})), None);
+    }
 
     fn report(epoch: usize) -> EpochReport {
         EpochReport {

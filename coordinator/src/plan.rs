@@ -38,11 +38,11 @@ impl Plan {
             .collect()
     }
 
-    /// Epochs `arch`'s training configuration asks for (the coordinator never links the
-    /// trainer, so it reads the field from the JSON it forwards).
+    /// Epochs `arch`'s training configuration asks for, both stages (the coordinator never
+    /// links the trainer, so it reads the fields from the JSON it forwards).
     pub fn epochs(&self, arch: &str) -> Option<usize> {
         let (_, train) = self.archs.iter().find(|(a, _)| a == arch)?;
-        train.get("epochs")?.as_u64().map(|e| e as usize)
+        hbac_common::records::planned_epochs(train)
     }
 
     /// Whether `other` is the same run: equal but for the tuning knobs a restart on another

@@ -19,7 +19,7 @@ import pandas as pd
 
 
 def window(path, offset_rows=0, rows=300):
-    """ensemble.json's `preprocessing`: float32 [3, 400, 300]."""
+    """ensemble.json's `preprocessing["kaggle"]`: float32 [3, 400, 300]."""
     spec = pd.read_parquet(path)
     x = spec.drop(columns=["time"]).to_numpy(np.float32)[offset_rows:offset_rows + rows]
     x = np.nan_to_num(x, nan=0.0)
@@ -54,6 +54,9 @@ def main():
     for arch in ens["architectures"]:
         probs = []
         for m in arch["models"]:
+            if m.get("input", "kaggle") != "kaggle":
+                sys.exit(f"{m['file']} takes the {m['input']} input; this script builds only "
+                         "the kaggle one (use `hbac predict --run`)")
             path = os.path.join(a.export, m["file"])
             if onnx is not None:
                 model = onnx.load(path)

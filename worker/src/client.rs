@@ -443,7 +443,7 @@ async fn run_lease(
             retryable: true,
         }),
         Ok(order) => {
-            let epochs = order.train["epochs"].as_u64().unwrap_or(0) as u32;
+            let epochs = hbac_common::records::planned_epochs(&order.train).unwrap_or(0) as u32;
             // Metrics: one short call per epoch, retried through coordinator restarts. The
             // job saves its training state before it reports an epoch.
             let (c, s, id) = (ctx.clone(), session.to_string(), lease.lease_id.clone());

@@ -18,7 +18,7 @@ use hbac_common::hms::{Class, N_CLASSES};
 use hbac_common::metric;
 use hbac_common::plot::job_svg;
 use hbac_common::prepare::{self, Cache, Split};
-use hbac_common::preprocess::{self, LabelMode, Sample, SampleSelection};
+use hbac_common::preprocess::{self, Input, LabelMode, Sample, SampleSelection};
 use hbac_common::records;
 use hbac_common::storage::Store;
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,9 @@ pub struct JobRecord {
     pub selection: SampleSelection,
     pub labels: LabelMode,
     pub train_samples: usize,
+    /// Of those, the rows stage 2 trains on (`None`: one stage).
+    #[serde(default)]
+    pub stage2_samples: Option<usize>,
     pub valid_samples: usize,
     pub train: serde_json::Value,
     /// Epochs restored from an earlier attempt's saved state (0: trained from the start).
@@ -71,46 +74,59 @@ pub use hbac_common::records::JobSummary;
 async fn load_set(
     cache: &Cache,
     split: Split,
+    input: Input,
     samples: Vec<Sample>,
     concurrency: usize,
 ) -> Result<WindowSet, TrainError> {
-    // Each spectrogram is held only over the rows its samples' windows read.
-    let mut spans: HashMap<i64, (usize, usize)> = HashMap::new();
-    for s in &samples {
-        let span = spans
-            .entry(s.spectrogram_id)
-            .or_insert((s.offset_rows, s.offset_rows));
-        span.0 = span.0.min(s.offset_rows);
-        span.1 = span.1.max(s.offset_rows);
-    }
-    let spectrograms: HashMap<_, _> = futures::stream::iter(spans)
-        .map(|(id, (first, last))| async move {
-            let spec = cache.load(split, id).await?;
-            // An offset past the end stays as it is, for the batch to report with the file.
-            let start = if last < spec.rows { first } else { 0 };
-            let held = spec.crop(start, last + WINDOW);
-            Ok::<_, TrainError>((id, (start, Arc::new(held))))
-        })
-        .buffer_unordered(concurrency.max(1))
-        .try_collect()
-        .await?;
-    let samples = samples
-        .into_iter()
-        .map(|s| {
-            let start = spectrograms[&s.spectrogram_id].0;
-            Sample {
-                offset_rows: s.offset_rows - start,
-                ..s
-            }
-        })
-        .collect();
-    Ok(WindowSet {
-        samples,
-        spectrograms: spectrograms
+    let mut set = WindowSet {
+        input,
+        split,
+        ..WindowSet::default()
+    };
+    let mut samples = samples;
+    if input.uses_spectrograms() {
+        // Each spectrogram is held only over the rows its samples' windows read.
+        let mut spans: HashMap<i64, (usize, usize)> = HashMap::new();
+        for s in &samples {
+            let span = spans
+                .entry(s.spectrogram_id)
+                .or_insert((s.offset_rows, s.offset_rows));
+            span.0 = span.0.min(s.offset_rows);
+            span.1 = span.1.max(s.offset_rows);
+        }
+        let spectrograms: HashMap<_, _> = futures::stream::iter(spans)
+            .map(|(id, (first, last))| async move {
+                let spec = cache.load(split, id).await?;
+                // An offset past the end stays as it is, for the batch to report with the file.
+                let start = if last < spec.rows { first } else { 0 };
+                let held = spec.crop(start, last + WINDOW);
+                Ok::<_, TrainError>((id, (start, Arc::new(held))))
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+        for s in &mut samples {
+            s.offset_rows -= spectrograms[&s.spectrogram_id].0;
+        }
+        set.spectrograms = spectrograms
             .into_iter()
             .map(|(id, (_, spec))| (id, spec))
-            .collect(),
-    })
+            .collect();
+    }
+    if input.uses_eegs() {
+        let keys: std::collections::BTreeSet<String> =
+            samples.iter().map(|s| set.eeg_key(s)).collect();
+        set.eegs = futures::stream::iter(keys)
+            .map(|key| async move {
+                let image = cache.load_eeg(&key).await?;
+                Ok::<_, TrainError>((key, Arc::new(image)))
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?;
+    }
+    set.samples = samples;
+    Ok(set)
 }
 
 /// Prediction rows keyed by `key` (`label_id` for scoring, `eeg_id` for Kaggle files).
@@ -146,6 +162,9 @@ pub async fn run<B: TrainBackend>(
         None => None,
     };
     prepare::prepare(&spec.data, &spec.cache, spec.io_concurrency).await?;
+    if spec.train.input.uses_eegs() {
+        hbac_common::eeg_cache::prepare(&spec.data, &spec.cache, spec.io_concurrency).await?;
+    }
     let cache = Cache::new(spec.cache.clone());
     let csv_url = spec.data.url("train.csv");
     let rows = tables::parse_train_csv(&spec.data.get("train.csv").await?, &csv_url)?;
@@ -157,12 +176,39 @@ pub async fn run<B: TrainBackend>(
         )));
     }
     let samples = preprocess::select_samples(&rows, spec.selection, spec.labels);
-    let (valid, train_samples): (Vec<Sample>, Vec<Sample>) = samples
+    let (valid, mut train_samples): (Vec<Sample>, Vec<Sample>) = samples
         .into_iter()
         .partition(|s| split.fold[s.row] == spec.fold);
-    let train_set =
-        Arc::new(load_set(&cache, Split::Train, train_samples, spec.io_concurrency).await?);
-    let valid_set = Arc::new(load_set(&cache, Split::Train, valid, spec.io_concurrency).await?);
+    if let Some(min) = spec.train.min_votes {
+        let before = train_samples.len();
+        train_samples.retain(|s| s.votes as f64 >= min);
+        if train_samples.is_empty() {
+            return Err(TrainError::Config(format!(
+                "{csv_url}: none of fold {}'s {before} training rows has at least {min} votes \
+                 (--min-votes)",
+                spec.fold
+            )));
+        }
+    }
+    let stage2_samples = spec.train.stage2.map(|s| {
+        train_samples
+            .iter()
+            .filter(|t| t.votes as f64 >= s.min_votes)
+            .count()
+    });
+    let input = spec.train.input;
+    let train_set = Arc::new(
+        load_set(
+            &cache,
+            Split::Train,
+            input,
+            train_samples,
+            spec.io_concurrency,
+        )
+        .await?,
+    );
+    let valid_set =
+        Arc::new(load_set(&cache, Split::Train, input, valid, spec.io_concurrency).await?);
     let resume = match &spec.resume {
         Some(dir) => latest_state(dir).await?,
         None => None,
@@ -177,6 +223,7 @@ pub async fn run<B: TrainBackend>(
         selection: spec.selection,
         labels: spec.labels,
         train_samples: train_set.len(),
+        stage2_samples,
         valid_samples: valid_set.len(),
         train: serde_json::to_value(&spec.train).expect("serialisable"),
         resumed_epochs: resume.as_ref().map_or(0, |s| s.state.epochs),
@@ -336,11 +383,14 @@ pub async fn run<B: TrainBackend>(
     if spec.data.exists("test.csv").await? {
         let rows = predict_test(
             trained.model.clone(),
+            spec.train.input,
             &spec.data,
             &cache,
-            spec.train.batch_size,
-            spec.train.loader_threads,
-            spec.io_concurrency,
+            Batching {
+                batch_size: spec.train.batch_size,
+                threads: spec.train.loader_threads,
+                concurrency: spec.io_concurrency,
+            },
             device,
         )
         .await?;
@@ -436,20 +486,27 @@ pub async fn latest_state(dir: &Store) -> Result<Option<Snapshot>, TrainError> {
     }))
 }
 
-/// Predicts every row of the data set's `test.csv` (whole 10-minute windows, offset 0):
-/// one Kaggle submission row per `eeg_id`.
+/// How a test set is predicted: batch size, loader threads, files read at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub batch_size: usize,
+    pub threads: usize,
+    pub concurrency: usize,
+}
+
+/// Predicts every row of the data set's `test.csv` (whole 10-minute windows, offset 0) with
+/// a model taking `input`: one Kaggle submission row per `eeg_id`.
 pub async fn predict_test<B: FusedOps>(
     model: Model<B>,
+    input: Input,
     data: &Store,
     cache: &Cache,
-    batch_size: usize,
-    threads: usize,
-    concurrency: usize,
+    b: Batching,
     device: B::Device,
 ) -> Result<Vec<ProbRow>, TrainError> {
     let test_rows = tables::parse_test_csv(&data.get("test.csv").await?, &data.url("test.csv"))?;
-    let set = load_test_set(cache, test_samples(&test_rows), concurrency).await?;
-    predict_set(&model, set, batch_size, threads, device).await
+    let set = load_test_set(cache, input, test_samples(&test_rows), b.concurrency).await?;
+    predict_set(&model, set, b.batch_size, b.threads, device).await
 }
 
 /// `test.csv` rows as samples: the whole 10-minute window (offset 0) of each.
@@ -461,11 +518,13 @@ pub fn test_samples(rows: &[TestRow]) -> Vec<Sample> {
             row: i,
             label_id: t.eeg_id,
             eeg_id: t.eeg_id,
+            eeg_sub_id: None,
             patient_id: t.patient_id,
             spectrogram_id: t.spectrogram_id,
             offset_rows: 0,
             class: Class::Other,
             target: uniform,
+            votes: 0.0,
         })
         .collect()
 }
@@ -473,11 +532,12 @@ pub fn test_samples(rows: &[TestRow]) -> Vec<Sample> {
 /// Loads the test samples' windows from the cache (a whole test set, or a chunk of one).
 pub async fn load_test_set(
     cache: &Cache,
+    input: Input,
     samples: Vec<Sample>,
     concurrency: usize,
 ) -> Result<Arc<WindowSet>, TrainError> {
     Ok(Arc::new(
-        load_set(cache, Split::Test, samples, concurrency).await?,
+        load_set(cache, Split::Test, input, samples, concurrency).await?,
     ))
 }
 
@@ -500,12 +560,12 @@ pub async fn predict_set<B: FusedOps>(
     Ok(prob_rows(&set.samples, &preds, |s| s.eeg_id))
 }
 
-/// Loads a job's best weights (`checkpoint.mpk`) and its model configuration (`config.json`)
-/// from the job's output directory.
+/// Loads a job's best weights (`checkpoint.mpk`) and its training configuration
+/// (`config.json`: the model, and the input it takes) from the job's output directory.
 pub async fn load_checkpoint<B: Backend>(
     dir: &Store,
     device: &B::Device,
-) -> Result<Model<B>, TrainError> {
+) -> Result<(Model<B>, TrainConfig), TrainError> {
     let record: JobRecord = serde_json::from_slice(&dir.get(records::CONFIG).await?)
         .map_err(|e| TrainError::Config(format!("{}: {e}", dir.url(records::CONFIG))))?;
     let train: TrainConfig = serde_json::from_value(record.train).map_err(|e| {
@@ -516,5 +576,6 @@ pub async fn load_checkpoint<B: Backend>(
     })?;
     let bytes = dir.get(records::CHECKPOINT).await?;
     let weights = decode::<B, _>(bytes.to_vec(), &dir.url(records::CHECKPOINT), device)?;
-    Ok(train.model.init::<B>(device).load_record(weights))
+    let model = train.model.init::<B>(device).load_record(weights);
+    Ok((model, train))
 }

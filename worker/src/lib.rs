@@ -25,6 +25,8 @@ pub enum TrainError {
     Data(#[from] hbac_common::Error),
     #[error("spectrogram {0} is not loaded")]
     MissingSpectrogram(i64),
+    #[error("EEG image {0} is not loaded")]
+    MissingEegImage(String),
     #[error("the data loader stopped unexpectedly")]
     LoaderStopped,
     #[error("training diverged in epoch {epoch}: loss {loss}")]

@@ -1,22 +1,31 @@
 //! Feeding the trainer: samples (from `hbac-common`'s reference preprocessing) turned into
-//! `[N, 3, 400, 300]` batches by a pool of loader threads, each batch built ahead of the
-//! training step and handed over in order through bounded channels.
+//! batches of the set's [`Input`] (`[N, 3, 400, 300]` for Kaggle's spectrograms) by a pool of
+//! loader threads, each batch built ahead of the training step and handed over in order
+//! through bounded channels.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
+use hbac_common::eeg_cache;
 use hbac_common::hms::N_CLASSES;
+use hbac_common::hms::eeg::EegImage;
 use hbac_common::hms::spectrogram::Spectrogram;
-use hbac_common::preprocess::{self, INPUT_LEN, Sample};
+use hbac_common::prepare::Split;
+use hbac_common::preprocess::{self, Input, Sample};
 
 use crate::TrainError;
 
-/// Samples with their spectrograms in memory.
+/// Samples with what their images are made of in memory: Kaggle's spectrograms (by
+/// `spectrogram_id`) and EEG images (by their cache key), as the set's input needs.
 #[derive(Debug, Clone, Default)]
 pub struct WindowSet {
     pub samples: Vec<Sample>,
+    pub input: Input,
+    /// Train or test: where the samples' EEG images are.
+    pub split: Split,
     pub spectrograms: HashMap<i64, Arc<Spectrogram>>,
+    pub eegs: HashMap<String, Arc<EegImage>>,
 }
 
 /// One batch on the host.
@@ -24,7 +33,9 @@ pub struct WindowSet {
 pub struct HostBatch {
     /// Indices into the set's samples.
     pub indices: Vec<usize>,
-    /// `[n, 3, 400, 300]` row-major.
+    /// One sample's input, `[channels, height, width]`.
+    pub shape: [usize; 3],
+    /// `[n, channels, height, width]` row-major.
     pub inputs: Vec<f32>,
     /// `[n, 6]` targets.
     pub targets: Vec<f32>,
@@ -41,26 +52,38 @@ impl WindowSet {
         self.samples.is_empty()
     }
 
+    /// The cache key of a sample's EEG image.
+    pub fn eeg_key(&self, s: &Sample) -> String {
+        eeg_cache::key(self.split, s.eeg_id, s.eeg_sub_id)
+    }
+
     /// Builds the batch of `indices`.
     pub fn batch(&self, indices: &[usize]) -> Result<HostBatch, TrainError> {
-        let mut inputs = vec![0.0f32; indices.len() * INPUT_LEN];
+        let len = self.input.elements();
+        let mut inputs = vec![0.0f32; indices.len() * len];
         let mut targets = Vec::with_capacity(indices.len() * N_CLASSES);
-        for (&i, out) in indices.iter().zip(inputs.chunks_mut(INPUT_LEN)) {
+        for (&i, out) in indices.iter().zip(inputs.chunks_mut(len)) {
             let s = &self.samples[i];
-            let spec = self
-                .spectrograms
-                .get(&s.spectrogram_id)
-                .ok_or(TrainError::MissingSpectrogram(s.spectrogram_id))?;
-            preprocess::model_input(
-                spec,
-                s.offset_rows,
-                &format!("spectrogram {}", s.spectrogram_id),
-                out,
-            )?;
+            let file = format!("spectrogram {}", s.spectrogram_id);
+            let spec = || {
+                self.spectrograms
+                    .get(&s.spectrogram_id)
+                    .ok_or(TrainError::MissingSpectrogram(s.spectrogram_id))
+            };
+            let eeg = || {
+                let key = self.eeg_key(s);
+                self.eegs.get(&key).ok_or(TrainError::MissingEegImage(key))
+            };
+            match self.input {
+                Input::Kaggle => preprocess::model_input(spec()?, s.offset_rows, &file, out)?,
+                Input::Eeg => preprocess::eeg_input(eeg()?, out),
+                Input::Both => preprocess::both_input(spec()?, s.offset_rows, eeg()?, &file, out)?,
+            }
             targets.extend_from_slice(&s.target);
         }
         Ok(HostBatch {
             indices: indices.to_vec(),
+            shape: self.input.shape(),
             inputs,
             targets,
         })

@@ -14,8 +14,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use hbac_common::hms::N_CLASSES;
-use hbac_common::hms::spectrogram::{FEATURES, WINDOW};
-use hbac_common::preprocess::CHANNELS;
+use hbac_common::preprocess::Input;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -69,6 +68,34 @@ pub struct TrainConfig {
     /// probability `rate × b / n` in training. `None` or 0: none (MobileNetV3 has none).
     #[config(default = "None")]
     pub drop_connect: Option<f64>,
+    /// Training rows with fewer annotator votes than this are left out (the validation fold
+    /// keeps every row). `None`: every row.
+    #[config(default = "None")]
+    pub min_votes: Option<f64>,
+    /// A second stage after `epochs`: from the best weights so far, on the training rows with
+    /// at least [`Stage2::min_votes`] votes only. `None`: one stage (the reference).
+    #[config(default = "None")]
+    pub stage2: Option<Stage2>,
+    /// The image the model sees: Kaggle's spectrogram (the reference), the EEG's mel image,
+    /// or both tiled ([`Input`]).
+    #[config(default = "Input::Kaggle")]
+    pub input: Input,
+}
+
+/// The second training stage, as the top HMS solutions trained: the model goes on from stage
+/// 1's best weights with a fresh optimizer, on the high-agreement rows only, for `epochs` more
+/// epochs, its learning rate a cosine from `lr` (no warm-up) down to stage 1's floor. The job
+/// keeps the best epoch of either stage by validation KL, so a second stage that does not
+/// help the validation fold leaves the job's model as stage 1 made it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage2 {
+    /// Training rows with at least this many votes.
+    pub min_votes: f64,
+    pub epochs: usize,
+    /// Peak learning rate; `None`: a tenth of stage 1's peak.
+    #[serde(default)]
+    pub lr: Option<f64>,
 }
 
 impl TrainConfig {
@@ -185,6 +212,26 @@ impl TrainConfig {
                 d,
             )?;
         }
+        if let Some(v) = self.min_votes {
+            check(nonneg(v), "min_votes", "finite and >= 0", v)?;
+        }
+        if let Some(s) = &self.stage2 {
+            check(
+                nonneg(s.min_votes),
+                "stage2.min_votes",
+                "finite and >= 0",
+                s.min_votes,
+            )?;
+            check(
+                (1..=100_000).contains(&s.epochs),
+                "stage2.epochs",
+                "in 1..=100000",
+                s.epochs,
+            )?;
+            if let Some(lr) = s.lr {
+                check(pos(lr), "stage2.lr", "positive and finite", lr)?;
+            }
+        }
         let (lo, hi) = a.cutout_fraction;
         check(
             prob(lo) && prob(hi) && lo <= hi,
@@ -195,10 +242,34 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The learning-rate schedule in force.
+    /// The learning-rate schedule in force (stage 1's).
     pub fn schedule(&self) -> LrSchedule {
         self.lr
             .unwrap_or_else(|| LrSchedule::reference(self.batch_size, self.epochs))
+    }
+
+    /// Epochs in all: stage 1's and stage 2's.
+    pub fn total_epochs(&self) -> usize {
+        self.epochs + self.stage2.map_or(0, |s| s.epochs)
+    }
+
+    /// The learning rate of `epoch` (0-based, counted through both stages).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        let first = self.schedule();
+        match self.stage2 {
+            Some(s) if epoch >= self.epochs => {
+                let max = s.lr.unwrap_or(first.max / 10.0);
+                LrSchedule {
+                    start: max,
+                    max,
+                    min: first.min.min(max),
+                    warmup: 0,
+                    decay_epochs: s.epochs,
+                }
+                .lr(epoch - self.epochs)
+            }
+            _ => first.lr(epoch),
+        }
     }
 }
 
@@ -248,10 +319,8 @@ pub struct Trained<B: Backend> {
 
 fn to_device<B: Backend>(b: &HostBatch, device: &B::Device) -> (Tensor<B, 4>, Tensor<B, 2>) {
     let n = b.indices.len();
-    let x = Tensor::from_data(
-        TensorData::new(b.inputs.clone(), [n, CHANNELS, FEATURES, WINDOW]),
-        device,
-    );
+    let [c, h, w] = b.shape;
+    let x = Tensor::from_data(TensorData::new(b.inputs.clone(), [n, c, h, w]), device);
     let y = Tensor::from_data(TensorData::new(b.targets.clone(), [n, N_CLASSES]), device);
     (x, y)
 }
@@ -361,17 +430,23 @@ pub fn train<B: TrainBackend>(
         device,
     };
     match cfg.optimizer {
-        OptimizerKind::Adam => {
-            let optim = AdamConfig::new().with_epsilon(1e-7).init::<B, Model<B>>();
-            run.epochs(model, optim, resume, hooks)
-        }
-        OptimizerKind::AdamW { weight_decay } => {
-            let optim = AdamWConfig::new()
-                .with_epsilon(1e-7)
-                .with_weight_decay(weight_decay as f32)
-                .init::<B, Model<B>>();
-            run.epochs(model, optim, resume, hooks)
-        }
+        OptimizerKind::Adam => run.epochs(
+            model,
+            || AdamConfig::new().with_epsilon(1e-7).init::<B, Model<B>>(),
+            resume,
+            hooks,
+        ),
+        OptimizerKind::AdamW { weight_decay } => run.epochs(
+            model,
+            || {
+                AdamWConfig::new()
+                    .with_epsilon(1e-7)
+                    .with_weight_decay(weight_decay as f32)
+                    .init::<B, Model<B>>()
+            },
+            resume,
+            hooks,
+        ),
     }
 }
 
@@ -391,20 +466,39 @@ impl<B: TrainBackend> Run<'_, B> {
     fn epochs<O: Optimizer<Model<B>, B>>(
         &self,
         mut model: Model<B>,
-        mut optim: O,
+        new_optim: impl Fn() -> O,
         resume: Option<Snapshot>,
         mut hooks: impl TrainHooks,
     ) -> Result<Trained<B::InnerBackend>, TrainError> {
         let (cfg, device) = (self.cfg, self.device);
-        let mut history = Vec::with_capacity(cfg.epochs);
+        let total = cfg.total_epochs();
+        let mut optim = new_optim();
+        let mut history = Vec::with_capacity(total);
         let mut best: Best<B::InnerBackend> = None;
+        // Stage 2 trains on the high-agreement rows only.
+        let stage2_rows: Vec<usize> = match &cfg.stage2 {
+            Some(s) => {
+                let rows: Vec<usize> = (0..self.train.len())
+                    .filter(|&i| self.train.samples[i].votes as f64 >= s.min_votes)
+                    .collect();
+                if rows.is_empty() {
+                    return Err(TrainError::Config(format!(
+                        "stage 2: none of the {} training rows has at least {} votes",
+                        self.train.len(),
+                        s.min_votes
+                    )));
+                }
+                rows
+            }
+            None => Vec::new(),
+        };
         if let Some(snap) = resume {
             let st = &snap.state;
-            if st.seed != cfg.seed || st.epochs > cfg.epochs || st.history.len() != st.epochs {
+            if st.seed != cfg.seed || st.epochs > total || st.history.len() != st.epochs {
                 return Err(TrainError::Config(format!(
                     "the saved state (seed {}, {} epochs) does not belong to this run (seed {}, \
-                     {} epochs)",
-                    st.seed, st.epochs, cfg.seed, cfg.epochs
+                     {total} epochs)",
+                    st.seed, st.epochs, cfg.seed
                 )));
             }
             model = model.load_record(decode::<B, _>(snap.model, "model.mpk", device)?);
@@ -417,13 +511,25 @@ impl<B: TrainBackend> Run<'_, B> {
             }
             history = snap.state.history;
         }
-        let schedule = cfg.schedule();
         let drop_rates = model.backbone.drop_rates(cfg.drop_connect.unwrap_or(0.0));
-        for epoch in history.len()..cfg.epochs {
+        for epoch in history.len()..total {
+            let stage2 = cfg.stage2.is_some() && epoch >= cfg.epochs;
+            if stage2 && epoch == cfg.epochs {
+                // Stage 2 starts from stage 1's best weights, with a fresh optimizer; the
+                // best epoch of either stage is kept.
+                let (_, _, kept) = best.as_ref().expect("stage 1 ran");
+                let bytes = encode::<B::InnerBackend, _>(kept.clone().into_record())?;
+                model = model.load_record(decode::<B, _>(bytes, "stage 1's best weights", device)?);
+                optim = new_optim();
+            }
             let start = Instant::now();
-            let lr = schedule.lr(epoch);
+            let lr = cfg.lr_at(epoch);
             let mut rng = epoch_rng(cfg.seed, epoch);
-            let mut order: Vec<usize> = (0..self.train.len()).collect();
+            let mut order: Vec<usize> = if stage2 {
+                stage2_rows.clone()
+            } else {
+                (0..self.train.len()).collect()
+            };
             order.shuffle(&mut rng);
             let (mut sum, mut seen) = (0.0f64, 0usize);
             let plan = batches(&order, cfg.batch_size);
@@ -532,7 +638,7 @@ mod tests {
     use super::*;
     use crate::model::Arch;
     use hbac_common::hms::Class;
-    use hbac_common::hms::spectrogram::Spectrogram;
+    use hbac_common::hms::spectrogram::{FEATURES, Spectrogram, WINDOW};
     use hbac_common::preprocess::Sample;
     use rand::Rng;
 
@@ -557,11 +663,13 @@ mod tests {
                 row: i,
                 label_id: id,
                 eeg_id: id,
+                eeg_sub_id: Some(0),
                 patient_id: id,
                 spectrogram_id: id,
                 offset_rows: 0,
                 class: Class::Other,
                 target: raw.map(|v| v / total),
+                votes: (i % 20) as f32,
             });
         }
         set
@@ -692,12 +800,33 @@ mod tests {
 
     #[test]
     fn a_run_resumed_from_any_epoch_equals_the_uninterrupted_run() {
-        let set = Arc::new(random_set(6, 3));
-        let device = Default::default();
         let cfg = tiny(Arch::MobileNetV3Large)
             .with_epochs(3)
             .with_batch_size(3)
             .with_augment(AugmentConfig::default());
+        resumes_bit_identically(&cfg);
+    }
+
+    #[test]
+    fn a_two_stage_run_resumed_from_any_epoch_equals_the_uninterrupted_run() {
+        // Killed at the stage boundary and inside stage 2 too.
+        let cfg = tiny(Arch::MobileNetV3Large)
+            .with_epochs(2)
+            .with_batch_size(3)
+            .with_augment(AugmentConfig::default())
+            .with_stage2(Some(Stage2 {
+                min_votes: 3.0,
+                epochs: 2,
+                lr: Some(1e-3),
+            }));
+        resumes_bit_identically(&cfg);
+    }
+
+    fn resumes_bit_identically(cfg: &TrainConfig) {
+        let set = Arc::new(random_set(6, 3));
+        let device = Default::default();
+        let total = cfg.total_epochs();
+        let cfg = cfg.clone();
         let run = |resume: Option<Snapshot>, keep: &mut Keep| {
             train::<B>(
                 &cfg,
@@ -714,8 +843,8 @@ mod tests {
             stop_after: usize::MAX,
         };
         let uninterrupted = run(None, &mut full).unwrap();
-        assert_eq!(full.snaps.len(), 3);
-        for k in 1..3 {
+        assert_eq!(full.snaps.len(), total);
+        for k in 1..total {
             // Killed after epoch k (the snapshot is what the worker saved), resumed elsewhere.
             let mut first = Keep {
                 snaps: vec![],
@@ -732,10 +861,10 @@ mod tests {
                 stop_after: usize::MAX,
             };
             let resumed = run(Some(saved), &mut rest).unwrap();
-            assert_eq!(rest.snaps.len(), 3 - k, "only the missing epochs run");
+            assert_eq!(rest.snaps.len(), total - k, "only the missing epochs run");
             assert_eq!(
                 timeless(rest.snaps.pop().unwrap(), &cfg),
-                timeless(full.snaps[2].clone(), &cfg),
+                timeless(full.snaps[total - 1].clone(), &cfg),
                 "weights, best weights and history after a resume at epoch {k}"
             );
             assert_eq!(resumed.best_epoch, uninterrupted.best_epoch);
@@ -756,6 +885,169 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("does not belong"), "{e}");
+    }
+
+    /// Every trainable tensor of a model record (BatchNorm's running statistics left out).
+    fn trainable(record: &[u8], cfg: &TrainConfig) -> Vec<Vec<f32>> {
+        use burn::module::{ModuleVisitor, Param};
+        struct Trainable(Vec<String>, Vec<Vec<f32>>);
+        impl ModuleVisitor<Flex> for Trainable {
+            fn enter_module(&mut self, name: &str, _container: &str) {
+                self.0.push(name.to_string());
+            }
+            fn exit_module(&mut self, _name: &str, _container: &str) {
+                self.0.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<Flex, D>>) {
+                if !self.0.last().is_some_and(|n| n.starts_with("running_")) {
+                    self.1.push(p.val().into_data().to_vec().unwrap());
+                }
+            }
+        }
+        let device = Default::default();
+        let weights = decode::<Flex, _>(record.to_vec(), "test", &device).unwrap();
+        let model: Model<Flex> = cfg.model.init(&device).load_record(weights);
+        let mut t = Trainable(Vec::new(), Vec::new());
+        model.visit(&mut t);
+        t.1
+    }
+
+    #[test]
+    fn stage_two_goes_on_from_stage_ones_best_weights_on_the_high_agreement_rows() {
+        // Votes 0..19 twice: 10 of the 40 rows have at least 15.
+        let set = Arc::new(random_set(40, 4));
+        let valid = Arc::new(random_set(8, 5));
+        let device = Default::default();
+        let one = tiny(Arch::MobileNetV3Large).with_epochs(6);
+        let two = one.clone().with_stage2(Some(Stage2 {
+            min_votes: 15.0,
+            epochs: 2,
+            lr: Some(1e-9),
+        }));
+        struct Batches(Keep, std::collections::BTreeMap<usize, usize>);
+        impl TrainHooks for &mut Batches {
+            fn batch(&mut self, epoch: usize, _done: usize, total: usize) {
+                self.1.insert(epoch, total);
+            }
+            fn wants_checkpoints(&self) -> bool {
+                true
+            }
+            fn checkpoint(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+                self.0.snaps.push(s.clone());
+                Ok(())
+            }
+        }
+        let run = |cfg: &TrainConfig, hooks: &mut Batches| {
+            train::<B>(
+                cfg,
+                set.clone(),
+                Some(valid.clone()),
+                None,
+                None,
+                &device,
+                hooks,
+            )
+            .unwrap()
+        };
+        let new = || {
+            Batches(
+                Keep {
+                    snaps: vec![],
+                    stop_after: usize::MAX,
+                },
+                Default::default(),
+            )
+        };
+        let (mut h1, mut h2) = (new(), new());
+        let single = run(&one, &mut h1);
+        let staged = run(&two, &mut h2);
+        // Stage 1 is the one-stage run, draw for draw.
+        let kl = |h: &[EpochReport]| {
+            h.iter()
+                .map(|r| (r.train_kl, r.valid_kl))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kl(&staged.history[..6]), kl(&single.history));
+        // Stage 2: 2 batches of 8 over the 10 rows with >= 15 votes, against 5 over all 40.
+        let totals: Vec<usize> = h2.1.values().copied().collect();
+        assert_eq!(totals, [5, 5, 5, 5, 5, 5, 2, 2]);
+        // Its learning rate: the cosine from --stage2-lr, no warm-up.
+        for (e, r) in staged.history.iter().enumerate() {
+            assert_eq!(r.lr, two.lr_at(e));
+        }
+        assert_eq!(staged.history[6].lr, 1e-9);
+        // It starts from stage 1's best weights (not its last ones): at a learning rate of
+        // 1e-9 its trainable weights stay where stage 1's best left them.
+        let best1 = &h2.0.snaps[5].best;
+        assert_ne!(
+            single.best_epoch,
+            5,
+            "this case needs stage 1's best epoch to be an earlier one: {:?}",
+            kl(&single.history)
+        );
+        let after = trainable(&h2.0.snaps[6].model, &two);
+        let want = trainable(best1, &two);
+        let last1 = trainable(&h2.0.snaps[5].model, &two);
+        let dist = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+            a.iter()
+                .flatten()
+                .zip(b.iter().flatten())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(dist(&after, &want) < 1e-6, "{}", dist(&after, &want));
+        assert!(
+            dist(&last1, &want) > 1e-3,
+            "stage 1's last and best weights differ"
+        );
+        // The job keeps the best epoch of either stage.
+        let scores: Vec<f64> = staged.history.iter().map(|r| r.valid_kl.unwrap()).collect();
+        let argmin = (0..scores.len())
+            .min_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap();
+        assert_eq!(staged.best_epoch, argmin, "{scores:?}");
+    }
+
+    #[test]
+    fn bad_vote_thresholds_and_stage_two_settings_are_refused_by_name() {
+        let base = tiny(Arch::MobileNetV3Large);
+        let stage2 = |min_votes, epochs, lr| {
+            base.clone().with_stage2(Some(Stage2 {
+                min_votes,
+                epochs,
+                lr,
+            }))
+        };
+        for (cfg, field) in [
+            (
+                base.clone().with_min_votes(Some(f64::NAN)),
+                "train.min_votes",
+            ),
+            (base.clone().with_min_votes(Some(-1.0)), "train.min_votes"),
+            (stage2(-2.0, 3, None), "train.stage2.min_votes"),
+            (stage2(10.0, 0, None), "train.stage2.epochs"),
+            (stage2(10.0, 3, Some(0.0)), "train.stage2.lr"),
+            (stage2(10.0, 3, Some(f64::INFINITY)), "train.stage2.lr"),
+        ] {
+            let e = cfg.validate().unwrap_err();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        assert!(stage2(10.0, 3, Some(1e-4)).validate().is_ok());
+        // An order with a stage 2 but no row for it fails before training, saying why.
+        let set = Arc::new(random_set(4, 1));
+        let e = train::<B>(
+            &stage2(50.0, 1, None),
+            set,
+            None,
+            None,
+            None,
+            &Default::default(),
+            NoHooks,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("at least 50 votes"), "{e}");
     }
 
     /// Orders come over the network: any config that passes `validate` trains without a
