@@ -334,9 +334,15 @@ pub struct RecipeArgs {
     pub mixup_prob: f64,
     #[arg(long, default_value_t = 0.5)]
     pub cutout_prob: f64,
-    /// Use every labelled row (default: the first row of each spectrogram, the reference).
-    #[arg(long)]
+    /// Use every labelled row (the same as --samples all-rows).
+    #[arg(long, conflicts_with = "samples")]
     pub all_rows: bool,
+    /// Training samples: per-spectrogram (the first row of each spectrogram, the reference),
+    /// all-rows (every labelled row), or per-eeg (one sample per eeg_id and epoch: its rows'
+    /// votes summed and normalised, the window one of its rows drawn each epoch; validation
+    /// scores every row) [default: per-spectrogram; --quick: all-rows].
+    #[arg(long, value_enum)]
+    pub samples: Option<hbac_common::preprocess::SampleSelection>,
     /// Train on one-hot expert_consensus (reference parity) instead of vote distributions.
     #[arg(long)]
     pub one_hot: bool,

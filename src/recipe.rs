@@ -22,7 +22,9 @@ impl RecipeArgs {
     }
 
     pub fn selection(&self) -> SampleSelection {
-        if self.all_rows || self.quick {
+        if let Some(s) = self.samples {
+            s
+        } else if self.all_rows || self.quick {
             SampleSelection::AllRows
         } else {
             SampleSelection::FirstPerSpectrogram

@@ -240,6 +240,17 @@ fn print_report(r: &Report, out: &str) {
         "cv ensemble: kaggle kl {:.4} with weights {:?} on {:?}",
         r.cv, r.weights, r.archs
     );
+    if !r.cv_per_eeg.is_empty() {
+        let per: Vec<String> = r
+            .cv_per_eeg
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect();
+        println!(
+            "cv per eeg_id (rows averaged per recording): {}",
+            per.join(", ")
+        );
+    }
     if let Some(b) = r.per_class.get(hbac_coordinator::aggregate::ENSEMBLE) {
         let classes: Vec<String> = (0..b.classes.len())
             .map(|i| {

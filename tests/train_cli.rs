@@ -562,3 +562,47 @@ fn eeg_and_both_inputs_train_predict_and_say_what_they_took() {
         }
     }
 }
+
+#[test]
+fn per_eeg_samples_train_one_window_per_recording_and_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth(&tmp.path().join("data"), 12, 6);
+    let csv = std::fs::read_to_string(std::path::Path::new(&data).join("train.csv")).unwrap();
+    let out = tmp.path().join("per-eeg");
+    reduced(
+        &data,
+        out.to_str().unwrap(),
+        "mobilenetv3-large",
+        2,
+        &[
+            "--samples",
+            "per-eeg",
+            "--stage2-min-votes",
+            "5",
+            "--stage2-epochs",
+            "1",
+        ],
+    );
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["selection"], "per-eeg");
+    // Training units are the fold's recordings; validation keeps every row of its fold.
+    let rows = csv.lines().count() - 1;
+    let eegs: std::collections::HashSet<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    let (train, valid) = (
+        config["train_samples"].as_u64().unwrap() as usize,
+        config["valid_samples"].as_u64().unwrap() as usize,
+    );
+    assert!(
+        train < eegs.len() && valid > 0,
+        "{train} of {} recordings",
+        eegs.len()
+    );
+    assert!(train + valid < rows, "{train} + {valid} of {rows} rows");
+    let oof = std::fs::read_to_string(out.join("oof.csv")).unwrap();
+    assert_eq!(oof.lines().count() - 1, valid);
+}

@@ -140,9 +140,14 @@ pub fn both_input(
 pub enum SampleSelection {
     /// The first row of each `spectrogram_id`, in order of first appearance (the reference).
     #[default]
+    #[value(name = "per-spectrogram", alias = "first-per-spectrogram")]
     FirstPerSpectrogram,
     /// Every labelled row.
     AllRows,
+    /// For training, one sample per `eeg_id` and epoch: its rows' votes summed and normalised
+    /// as the target, the window one of its rows drawn from the epoch's generator
+    /// ([`group_by_eeg`]); validation scores every row.
+    PerEeg,
 }
 
 /// How a row's label becomes a training target.
@@ -180,6 +185,44 @@ pub struct Sample {
     pub votes: f32,
 }
 
+/// Groups `samples` by `eeg_id` (groups in order of first appearance, members in order): each
+/// member's target becomes its recording's — the members' votes summed, then normalised
+/// (`target × votes` summed; with one-hot labels, the members' targets averaged) — and its
+/// `votes` the recording's total. The trainer draws one member of each group per epoch.
+pub fn group_by_eeg(samples: &mut [Sample]) -> Vec<Vec<usize>> {
+    let mut index: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, s) in samples.iter().enumerate() {
+        let g = *index.entry(s.eeg_id).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    for members in &groups {
+        let votes: f64 = members.iter().map(|&i| samples[i].votes as f64).sum();
+        let mut sum = [0.0f64; N_CLASSES];
+        for &i in members {
+            // Rows without a vote count (one-hot targets of a hand-made table) weigh 1.
+            let w = if votes > 0.0 {
+                samples[i].votes as f64
+            } else {
+                1.0
+            };
+            for (o, &t) in sum.iter_mut().zip(&samples[i].target) {
+                *o += t as f64 * w;
+            }
+        }
+        let total: f64 = sum.iter().sum();
+        let target = sum.map(|v| (v / total.max(f64::MIN_POSITIVE)) as f32);
+        for &i in members {
+            samples[i].target = target;
+            samples[i].votes = votes as f32;
+        }
+    }
+    groups
+}
+
 /// `offset // 2` of the reference: the window's first row for a label offset in seconds.
 pub fn offset_rows(offset_seconds: f64) -> usize {
     (offset_seconds / SECONDS_PER_ROW).floor() as usize
@@ -209,7 +252,9 @@ pub fn select_samples(
     let mut seen = std::collections::HashSet::new();
     rows.iter()
         .enumerate()
-        .filter(|(_, r)| selection == SampleSelection::AllRows || seen.insert(r.spectrogram_id))
+        .filter(|(_, r)| {
+            selection != SampleSelection::FirstPerSpectrogram || seen.insert(r.spectrogram_id)
+        })
         .map(|(i, r)| Sample {
             row: i,
             label_id: r.label_id,
@@ -316,6 +361,25 @@ mod tests {
         assert_eq!(all.len(), 3);
         assert_eq!(all[1].offset_rows, 3);
         assert_eq!(all[2].target, [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn per_eeg_groups_sum_the_votes_of_a_recording() {
+        let mut r = vec![
+            row(5, 1, 0.0, [0.0, 3.0, 1.0, 0.0, 0.0, 0.0]),
+            row(6, 2, 7.0, [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
+            row(3, 3, 13.0, [1.0, 1.0, 0.0, 0.0, 0.0, 2.0]),
+        ];
+        r[2].eeg_id = 2;
+        let mut s = select_samples(&r, SampleSelection::PerEeg, LabelMode::Votes);
+        assert_eq!(s.len(), 3, "every row is a window to draw from");
+        let groups = group_by_eeg(&mut s);
+        assert_eq!(groups, vec![vec![0, 1], vec![2]]);
+        // eeg 1: votes (0,3,1,0,0,0) + (0,1,0,0,0,0) = (0,4,1,0,0,0) of 5.
+        assert_eq!(s[0].target, [0.0, 0.8, 0.2, 0.0, 0.0, 0.0]);
+        assert_eq!(s[1].target, s[0].target);
+        assert_eq!((s[0].votes, s[2].votes), (5.0, 4.0));
+        assert_eq!(s[2].target, [0.25, 0.25, 0.0, 0.0, 0.0, 0.5]);
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct Report {
     /// reports of older hbac versions).
     #[serde(default)]
     pub per_class: BTreeMap<String, ClassBreakdown>,
+    /// The out-of-fold Kaggle KL scored per `eeg_id` instead of per row: each recording's rows'
+    /// predictions averaged, against their votes summed (per architecture, and `ensemble`).
+    /// Top HMS solutions validated this way; absent from reports of older hbac versions.
+    #[serde(default)]
+    pub cv_per_eeg: BTreeMap<String, f64>,
 }
 
 /// The key of the blended predictions in [`Report::per_class`].
@@ -307,11 +312,13 @@ pub async fn aggregate(
         }))
     };
     let mut cv_by_arch = BTreeMap::new();
+    let mut cv_per_eeg = BTreeMap::new();
     let mut per_class = BTreeMap::new();
     for (a, name) in archs.iter().enumerate() {
         let rows: Vec<(i64, [f64; N_CLASSES])> =
             oof[a].iter().map(|(l, (p, _))| (*l, *p)).collect();
         cv_by_arch.insert(name.clone(), score(&rows, &votes)?);
+        cv_per_eeg.insert(name.clone(), score_per_eeg(&rows, &by_label)?);
         per_class.insert(
             name.clone(),
             breakdown(&mut oof[a].iter().map(|(l, (p, _))| (l, p))),
@@ -347,6 +354,7 @@ pub async fn aggregate(
         ENSEMBLE.to_string(),
         breakdown(&mut oof_rows.iter().map(|(l, p)| (l, p))),
     );
+    cv_per_eeg.insert(ENSEMBLE.to_string(), score_per_eeg(&oof_rows, &by_label)?);
     let prob: Vec<ProbRow> = oof_rows
         .iter()
         .map(|(l, p)| ProbRow {
@@ -383,6 +391,7 @@ pub async fn aggregate(
         test_rows,
         jobs: lines,
         per_class,
+        cv_per_eeg,
     };
     out.put(
         "report.json",
@@ -390,6 +399,39 @@ pub async fn aggregate(
     )
     .await?;
     Ok(report)
+}
+
+/// Kaggle KL per recording: the predictions of each `eeg_id`'s rows (keyed by label_id)
+/// averaged, against those rows' votes summed.
+fn score_per_eeg(
+    pred: &[(i64, [f64; N_CLASSES])],
+    by_label: &HashMap<i64, &tables::TrainRow>,
+) -> Result<f64> {
+    let mut per_eeg: BTreeMap<i64, ([f64; N_CLASSES], [f64; N_CLASSES], usize)> = BTreeMap::new();
+    for (l, p) in pred {
+        let row = by_label[l];
+        let e = per_eeg
+            .entry(row.eeg_id)
+            .or_insert(([0.0; N_CLASSES], [0.0; N_CLASSES], 0));
+        for (k, (&pk, &vk)) in p.iter().zip(&row.votes).enumerate() {
+            e.0[k] += pk;
+            e.1[k] += vk;
+        }
+        e.2 += 1;
+    }
+    let (solution, submission): (Vec<ProbRow>, Vec<ProbRow>) = per_eeg
+        .into_iter()
+        .map(|(eeg_id, (p, v, n))| {
+            (
+                ProbRow { eeg_id, values: v },
+                ProbRow {
+                    eeg_id,
+                    values: p.map(|x| x / n as f64),
+                },
+            )
+        })
+        .unzip();
+    metric::kaggle_kl(&solution, "train.csv", &submission, "oof.csv")
 }
 
 /// Kaggle KL of predictions keyed by label_id against the votes of those rows.
@@ -414,6 +456,44 @@ fn score(pred: &[(i64, [f64; N_CLASSES])], votes: &HashMap<i64, [f64; N_CLASSES]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_eeg_scoring_averages_a_recordings_rows_against_their_summed_votes() {
+        use hbac_common::hms::Class;
+        let row = |label_id: i64, eeg_id: i64, votes: [f64; N_CLASSES]| tables::TrainRow {
+            eeg_id,
+            eeg_sub_id: label_id,
+            eeg_label_offset_seconds: 0.0,
+            spectrogram_id: eeg_id,
+            spectrogram_sub_id: 0,
+            spectrogram_label_offset_seconds: 0.0,
+            label_id,
+            patient_id: 1,
+            expert_consensus: Class::Seizure,
+            votes,
+        };
+        let rows = [
+            row(10, 1, [3.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
+            row(11, 1, [1.0, 3.0, 0.0, 0.0, 0.0, 0.0]),
+            row(12, 2, [0.0, 0.0, 2.0, 0.0, 0.0, 2.0]),
+        ];
+        let by_label: HashMap<i64, &tables::TrainRow> =
+            rows.iter().map(|r| (r.label_id, r)).collect();
+        let pred = [
+            (10, [0.7, 0.1, 0.05, 0.05, 0.05, 0.05]),
+            (11, [0.3, 0.5, 0.05, 0.05, 0.05, 0.05]),
+            (12, [0.1, 0.1, 0.3, 0.1, 0.1, 0.3]),
+        ];
+        // eeg 1: mean prediction (0.5, 0.3, 0.05 ×4) against votes (4, 4, 0…) / 8;
+        // eeg 2: its one row. Kaggle KL = mean over recordings of Σ y ln(y / p).
+        let kl1 = 0.5 * (0.5f64 / 0.5).ln() + 0.5 * (0.5f64 / 0.3).ln();
+        let kl2 = 0.5 * (0.5f64 / 0.3).ln() * 2.0;
+        let got = score_per_eeg(&pred, &by_label).unwrap();
+        assert!((got - (kl1 + kl2) / 2.0).abs() < 1e-9, "{got}");
+        // Per row it differs: rows 10 and 11 are scored against their own votes.
+        let votes = rows.iter().map(|r| (r.label_id, r.votes)).collect();
+        assert!((score(&pred, &votes).unwrap() - got).abs() > 1e-3);
+    }
 
     #[test]
     fn the_weight_grid_covers_the_simplex() {

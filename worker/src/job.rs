@@ -129,6 +129,32 @@ async fn load_set(
     Ok(set)
 }
 
+/// The training samples and, for per-eeg selection, their groups by `eeg_id`
+/// ([`preprocess::group_by_eeg`]); rows (or recordings) with fewer than `min_votes` votes left
+/// out.
+fn training_units(
+    mut samples: Vec<Sample>,
+    selection: SampleSelection,
+    min_votes: Option<f64>,
+) -> (Vec<Sample>, Vec<Vec<usize>>) {
+    let min = min_votes.unwrap_or(f64::NEG_INFINITY);
+    if selection != SampleSelection::PerEeg {
+        samples.retain(|s| s.votes as f64 >= min);
+        return (samples, Vec::new());
+    }
+    let groups = preprocess::group_by_eeg(&mut samples);
+    let mut kept = Vec::with_capacity(samples.len());
+    let mut kept_groups = Vec::with_capacity(groups.len());
+    for g in groups {
+        // Every member carries the recording's total.
+        if samples[g[0]].votes as f64 >= min {
+            kept_groups.push((kept.len()..kept.len() + g.len()).collect());
+            kept.extend(g.iter().map(|&i| samples[i].clone()));
+        }
+    }
+    (kept, kept_groups)
+}
+
 /// Prediction rows keyed by `key` (`label_id` for scoring, `eeg_id` for Kaggle files).
 fn prob_rows(
     samples: &[Sample],
@@ -176,37 +202,46 @@ pub async fn run<B: TrainBackend>(
         )));
     }
     let samples = preprocess::select_samples(&rows, spec.selection, spec.labels);
-    let (valid, mut train_samples): (Vec<Sample>, Vec<Sample>) = samples
+    let (valid, train_samples): (Vec<Sample>, Vec<Sample>) = samples
         .into_iter()
         .partition(|s| split.fold[s.row] == spec.fold);
-    if let Some(min) = spec.train.min_votes {
-        let before = train_samples.len();
-        train_samples.retain(|s| s.votes as f64 >= min);
-        if train_samples.is_empty() {
-            return Err(TrainError::Config(format!(
-                "{csv_url}: none of fold {}'s {before} training rows has at least {min} votes \
-                 (--min-votes)",
-                spec.fold
-            )));
-        }
+    // Training units: a row each, or (per-eeg) a recording's rows, one drawn per epoch.
+    let (train_samples, groups) =
+        training_units(train_samples, spec.selection, spec.train.min_votes);
+    if train_samples.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{csv_url}: none of fold {}'s training rows has at least {} votes (--min-votes)",
+            spec.fold,
+            spec.train.min_votes.unwrap_or(0.0)
+        )));
     }
+    let units = if groups.is_empty() {
+        train_samples.len()
+    } else {
+        groups.len()
+    };
     let stage2_samples = spec.train.stage2.map(|s| {
-        train_samples
-            .iter()
-            .filter(|t| t.votes as f64 >= s.min_votes)
-            .count()
+        let first = |g: &Vec<usize>| train_samples[g[0]].votes as f64;
+        if groups.is_empty() {
+            train_samples
+                .iter()
+                .filter(|t| t.votes as f64 >= s.min_votes)
+                .count()
+        } else {
+            groups.iter().filter(|g| first(g) >= s.min_votes).count()
+        }
     });
     let input = spec.train.input;
-    let train_set = Arc::new(
-        load_set(
-            &cache,
-            Split::Train,
-            input,
-            train_samples,
-            spec.io_concurrency,
-        )
-        .await?,
-    );
+    let mut train_set = load_set(
+        &cache,
+        Split::Train,
+        input,
+        train_samples,
+        spec.io_concurrency,
+    )
+    .await?;
+    train_set.groups = groups;
+    let train_set = Arc::new(train_set);
     let valid_set =
         Arc::new(load_set(&cache, Split::Train, input, valid, spec.io_concurrency).await?);
     let resume = match &spec.resume {
@@ -222,7 +257,7 @@ pub async fn run<B: TrainBackend>(
         kfold: spec.kfold,
         selection: spec.selection,
         labels: spec.labels,
-        train_samples: train_set.len(),
+        train_samples: units,
         stage2_samples,
         valid_samples: valid_set.len(),
         train: serde_json::to_value(&spec.train).expect("serialisable"),

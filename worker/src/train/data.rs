@@ -26,6 +26,9 @@ pub struct WindowSet {
     pub split: Split,
     pub spectrograms: HashMap<i64, Arc<Spectrogram>>,
     pub eegs: HashMap<String, Arc<EegImage>>,
+    /// Training units when samples come in groups (per-eeg: a recording's rows, one drawn per
+    /// epoch); empty: every sample is a unit of its own.
+    pub groups: Vec<Vec<usize>>,
 }
 
 /// One batch on the host.
@@ -55,6 +58,15 @@ impl WindowSet {
     /// The cache key of a sample's EEG image.
     pub fn eeg_key(&self, s: &Sample) -> String {
         eeg_cache::key(self.split, s.eeg_id, s.eeg_sub_id)
+    }
+
+    /// The training units: [`WindowSet::groups`], or each sample alone.
+    pub fn units(&self) -> Vec<Vec<usize>> {
+        if self.groups.is_empty() {
+            (0..self.samples.len()).map(|i| vec![i]).collect()
+        } else {
+            self.groups.clone()
+        }
     }
 
     /// Builds the batch of `indices`.

@@ -475,11 +475,15 @@ impl<B: TrainBackend> Run<'_, B> {
         let mut optim = new_optim();
         let mut history = Vec::with_capacity(total);
         let mut best: Best<B::InnerBackend> = None;
-        // Stage 2 trains on the high-agreement rows only.
-        let stage2_rows: Vec<usize> = match &cfg.stage2 {
+        // Each epoch draws one sample of every unit (a row, or a recording's rows); stage 2
+        // trains on the high-agreement units only.
+        let units = self.train.units();
+        let stage2_units: Vec<Vec<usize>> = match &cfg.stage2 {
             Some(s) => {
-                let rows: Vec<usize> = (0..self.train.len())
-                    .filter(|&i| self.train.samples[i].votes as f64 >= s.min_votes)
+                let rows: Vec<Vec<usize>> = units
+                    .iter()
+                    .filter(|u| self.train.samples[u[0]].votes as f64 >= s.min_votes)
+                    .cloned()
                     .collect();
                 if rows.is_empty() {
                     return Err(TrainError::Config(format!(
@@ -525,11 +529,15 @@ impl<B: TrainBackend> Run<'_, B> {
             let start = Instant::now();
             let lr = cfg.lr_at(epoch);
             let mut rng = epoch_rng(cfg.seed, epoch);
-            let mut order: Vec<usize> = if stage2 {
-                stage2_rows.clone()
-            } else {
-                (0..self.train.len()).collect()
-            };
+            let pool = if stage2 { &stage2_units } else { &units };
+            // A unit of one draws nothing: runs without groups draw as they always did.
+            let mut order: Vec<usize> = pool
+                .iter()
+                .map(|u| match u.len() {
+                    1 => u[0],
+                    n => u[rng.random_range(0..n)],
+                })
+                .collect();
             order.shuffle(&mut rng);
             let (mut sum, mut seen) = (0.0f64, 0usize);
             let plan = batches(&order, cfg.batch_size);
@@ -1006,6 +1014,37 @@ mod tests {
             .min_by(|&a, &b| scores[a].total_cmp(&scores[b]))
             .unwrap();
         assert_eq!(staged.best_epoch, argmin, "{scores:?}");
+    }
+
+    #[test]
+    fn grouped_samples_give_one_sample_per_group_and_epoch() {
+        let mut set = random_set(16, 2);
+        set.groups = (0..8).map(|g| vec![2 * g, 2 * g + 1]).collect();
+        struct Totals(Vec<(usize, usize)>);
+        impl TrainHooks for &mut Totals {
+            fn batch(&mut self, epoch: usize, done: usize, total: usize) {
+                if done == total {
+                    self.0.push((epoch, total));
+                }
+            }
+        }
+        let cfg = tiny(Arch::MobileNetV3Large)
+            .with_epochs(3)
+            .with_batch_size(4);
+        let mut totals = Totals(Vec::new());
+        let trained = train::<B>(
+            &cfg,
+            Arc::new(set),
+            None,
+            None,
+            None,
+            &Default::default(),
+            &mut totals,
+        )
+        .unwrap();
+        // 8 recordings a epoch in batches of 4, not 16 rows.
+        assert_eq!(totals.0, [(0, 2), (1, 2), (2, 2)]);
+        assert!(trained.history.iter().all(|r| r.train_kl.is_finite()));
     }
 
     #[test]
