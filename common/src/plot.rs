@@ -44,14 +44,23 @@ impl Curve {
 pub struct Panel {
     pub title: String,
     pub curves: Vec<Curve>,
+    /// Stage 1's epochs when the jobs train a second stage: a dashed line marks where it
+    /// starts.
+    pub stage1_epochs: Option<usize>,
 }
 
 /// The run's figure (`cv.svg`): a panel per architecture, in `archs` order, with a curve per
-/// fold of the `(architecture, fold, epochs)` given.
-pub fn cv_svg(archs: &[String], jobs: &[(String, usize, Vec<EpochReport>)]) -> String {
+/// fold of the `(architecture, fold, epochs)` given; `stage1[i]` is `archs[i]`'s stage-1
+/// epochs when its jobs train a second stage.
+pub fn cv_svg(
+    archs: &[String],
+    jobs: &[(String, usize, Vec<EpochReport>)],
+    stage1: &[Option<usize>],
+) -> String {
     let panels: Vec<Panel> = archs
         .iter()
-        .map(|arch| {
+        .enumerate()
+        .map(|(i, arch)| {
             let mut folds: Vec<_> = jobs.iter().filter(|j| &j.0 == arch).collect();
             folds.sort_by_key(|j| j.1);
             Panel {
@@ -60,17 +69,24 @@ pub fn cv_svg(archs: &[String], jobs: &[(String, usize, Vec<EpochReport>)]) -> S
                     .iter()
                     .map(|(_, fold, h)| Curve::of_history(&format!("fold {fold}"), h))
                     .collect(),
+                stage1_epochs: stage1.get(i).copied().flatten(),
             }
         })
         .collect();
     figure_svg("KL divergence per epoch, every fold", &panels)
 }
 
-/// A job's figure (`loss.svg`).
-pub fn job_svg(title: &str, fold: usize, history: &[EpochReport]) -> String {
+/// A job's figure (`loss.svg`); `stage1_epochs` as for [`Panel`].
+pub fn job_svg(
+    title: &str,
+    fold: usize,
+    history: &[EpochReport],
+    stage1_epochs: Option<usize>,
+) -> String {
     let panel = Panel {
         title: String::new(),
         curves: vec![Curve::of_history(&format!("fold {fold}"), history)],
+        stage1_epochs,
     };
     figure_svg(title, &[panel])
 }
@@ -180,6 +196,17 @@ fn draw_panel<DB: DrawingBackend>(
         .y_desc("KL divergence")
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
+    if let Some(e) = panel.stage1_epochs {
+        // Epochs are numbered from 1: stage 2 starts after x = e.
+        let x = e as f64 + 0.5;
+        let grey = RGBColor(120, 120, 120).stroke_width(1);
+        chart.draw_series(DashedLineSeries::new([(x, y_min), (x, y_max)], 4, 4, grey))?;
+        chart.draw_series(std::iter::once(Text::new(
+            "stage 2",
+            (x, y_max),
+            ("sans-serif", 12).into_font(),
+        )))?;
+    }
     for (i, c) in panel.curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let style = color.stroke_width(2);
@@ -255,10 +282,12 @@ mod tests {
             Panel {
                 title: "mobilenetv3-large".into(),
                 curves: vec![curve("fold 0", 2.0), curve("fold 1", 2.0)],
+                stage1_epochs: None,
             },
             Panel {
                 title: "efficientnetv2-b2".into(),
                 curves: vec![curve("fold 0", 3.0)],
+                stage1_epochs: None,
             },
         ];
         let svg = figure_svg("KL divergence per epoch", &panels);
@@ -285,6 +314,31 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 3 + 2);
         // Dashed training lines are drawn as segments, validation as one polyline per curve.
         assert!(svg.matches("<polyline").count() >= 3);
+    }
+
+    #[test]
+    fn a_second_stage_is_marked_where_it_starts() {
+        let one = job_svg("job", 0, &[], None);
+        assert!(text_x(&one, "stage 2").is_empty());
+        let h: Vec<EpochReport> = (0..4)
+            .map(|epoch| EpochReport {
+                epoch,
+                lr: 1e-3,
+                train_kl: 1.0 - epoch as f64 * 0.1,
+                valid_kl: Some(1.1 - epoch as f64 * 0.1),
+                seconds: 1.0,
+                samples_per_second: 1.0,
+                best: true,
+            })
+            .collect();
+        let two = job_svg("job", 0, &h, Some(2));
+        let x = text_x(&two, "stage 2");
+        assert_eq!(x.len(), 1);
+        // Between epoch 2 and epoch 3 on the axis: right of "2"'s tick label, left of "3"'s.
+        let (t2, t3) = (text_x(&two, "2")[0], text_x(&two, "3")[0]);
+        assert!(t2 < x[0] && x[0] < t3, "{t2} < {} < {t3}", x[0]);
+        let runs = cv_svg(&["a".into()], &[("a".into(), 0, h)], &[Some(2)]);
+        assert_eq!(text_x(&runs, "stage 2").len(), 1);
     }
 
     #[test]

@@ -45,6 +45,15 @@ pub fn planned_epochs(train: &serde_json::Value) -> Option<usize> {
     usize::try_from(first.checked_add(second)?).ok()
 }
 
+/// Stage 1's epochs when a training configuration (JSON, as [`planned_epochs`]) has a second
+/// stage: where the figures draw the stage boundary.
+pub fn stage1_epochs(train: &serde_json::Value) -> Option<usize> {
+    match train.get("stage2") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(_) => train.get("epochs")?.as_u64().map(|e| e as usize),
+    }
+}
+
 /// What one epoch did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochReport {

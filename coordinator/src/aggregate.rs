@@ -380,7 +380,11 @@ pub async fn aggregate(
         out.put("submission.csv", tables::write_prob_csv(&sub, None))
             .await?;
     }
-    out.put("cv.svg", cv_svg(&archs, &curves)).await?;
+    let stage1: Vec<Option<usize>> = archs
+        .iter()
+        .map(|a| plan.train(a).and_then(records::stage1_epochs))
+        .collect();
+    out.put("cv.svg", cv_svg(&archs, &curves, &stage1)).await?;
     let report = Report {
         cv_by_arch,
         folds_by_arch,

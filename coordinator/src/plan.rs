@@ -38,6 +38,11 @@ impl Plan {
             .collect()
     }
 
+    /// `arch`'s training configuration (the worker's `TrainConfig` as JSON).
+    pub fn train(&self, arch: &str) -> Option<&serde_json::Value> {
+        self.archs.iter().find(|(a, _)| a == arch).map(|(_, t)| t)
+    }
+
     /// Epochs `arch`'s training configuration asks for, both stages (the coordinator never
     /// links the trainer, so it reads the fields from the JSON it forwards).
     pub fn epochs(&self, arch: &str) -> Option<usize> {

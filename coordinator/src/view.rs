@@ -71,6 +71,9 @@ pub struct JobView {
     pub eta_s: Option<f64>,
     /// Every epoch known here, in order.
     pub curve: Vec<EpochReport>,
+    /// Stage 1's epochs when the job trains a second stage (where its figures mark stage 2).
+    #[serde(default)]
+    pub stage1_epochs: Option<usize>,
     /// Why it failed.
     pub error: Option<String>,
     /// The accepted attempt's folder (relative to `out`) and the files in it.
@@ -179,14 +182,29 @@ impl RunView {
 
     /// The run's figure (small multiples), as `cv.svg` draws it.
     pub fn cv_svg(&self) -> String {
-        hbac_common::plot::cv_svg(&self.archs(), &self.curves())
+        let archs = self.archs();
+        let stage1: Vec<Option<usize>> = archs
+            .iter()
+            .map(|a| {
+                self.jobs
+                    .iter()
+                    .find(|j| &j.arch == a)
+                    .and_then(|j| j.stage1_epochs)
+            })
+            .collect();
+        hbac_common::plot::cv_svg(&archs, &self.curves(), &stage1)
     }
 
     /// Job `id`'s figure, as its `loss.svg` draws it.
     pub fn job_svg(&self, id: &str) -> Option<String> {
         let j = self.jobs.iter().find(|j| j.id == id)?;
         let title = format!("{} fold {}", j.arch, j.fold);
-        Some(hbac_common::plot::job_svg(&title, j.fold, &j.curve))
+        Some(hbac_common::plot::job_svg(
+            &title,
+            j.fold,
+            &j.curve,
+            j.stage1_epochs,
+        ))
     }
 
     /// Every figure by name (`cv` and each job id), for a page that has no server behind it.
@@ -267,6 +285,7 @@ fn job_view(j: &Job, plan: &Plan, out: &str) -> JobView {
         samples_per_second: p.samples_per_second,
         eta_s: leased.then(|| p.eta()).flatten(),
         curve,
+        stage1_epochs: plan.train(&j.def.arch).and_then(records::stage1_epochs),
         error,
         files: match folder {
             Some(_) => JOB_FILES.iter().map(|f| f.to_string()).collect(),

@@ -436,7 +436,15 @@ pub async fn run<B: TrainBackend>(
 
     let title = format!("{} fold {}", spec.train.model.arch, spec.fold);
     spec.out
-        .put(records::LOSS, job_svg(&title, spec.fold, &trained.history))
+        .put(
+            records::LOSS,
+            job_svg(
+                &title,
+                spec.fold,
+                &trained.history,
+                spec.train.stage2.map(|_| spec.train.epochs),
+            ),
+        )
         .await?;
     let summary = JobSummary {
         best_epoch: trained.best_epoch,
