@@ -1,7 +1,7 @@
 //! `hbac predict --run`: a finished run's ensemble on a test set reproduces the run's own
 //! `submission.csv`, also from a folder holding only the test set; an unfinished run, a missing
-//! checkpoint and a test row without its file are refused with the path named and nothing
-//! written.
+//! checkpoint, a test row without its file and a run written by a newer hbac (journal format
+//! version) are refused with the path named and nothing written.
 
 mod common;
 
@@ -194,5 +194,38 @@ fn predict_run_reproduces_the_runs_submission_and_refuses_what_it_cannot_use() {
         &[],
     );
     assert!(err.contains("not the output root of an hbac run"), "{err}");
+    assert!(!bad_out.exists());
+
+    // A run written by a newer hbac (its journal's format version) is refused as such.
+    std::fs::rename(run.join("report.moved"), run.join("report.json")).unwrap();
+    let journal = run.join("journal");
+    let mut entries: Vec<_> = std::fs::read_dir(&journal)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    let last = entries.pop().unwrap();
+    let mut entry: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&last).unwrap()).unwrap();
+    entry["version"] = 99.into();
+    std::fs::write(&last, serde_json::to_vec(&entry).unwrap()).unwrap();
+    let err = fails(
+        &[
+            "predict",
+            "--run",
+            run_url,
+            "--data",
+            &data,
+            "--out",
+            bad_out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains("journal format version 99") && err.contains(last.to_str().unwrap()),
+        "{err}"
+    );
     assert!(!bad_out.exists());
 }

@@ -197,7 +197,21 @@ async fn latest(dir: &Store) -> hbac_common::Result<Option<Snapshot>> {
     };
     let key = entry_key(seq);
     let url = dir.url(&key);
-    let snap: Snapshot = serde_json::from_slice(&dir.get(&key).await?).map_err(|e| {
+    let bytes = dir.get(&key).await?;
+    // The version first: a newer hbac's entry is refused as such, whatever else it holds.
+    let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("version")?.as_u64());
+    if let Some(v) = version.filter(|&v| v > u64::from(VERSION)) {
+        return Err(hbac_common::Error::invalid(
+            Location::file(&url),
+            format!(
+                "journal format version {v}: written by a newer hbac (this one reads up to \
+                 version {VERSION}); use that hbac"
+            ),
+        ));
+    }
+    let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
         hbac_common::Error::invalid(Location::file(&url), format!("not a journal entry: {e}"))
     })?;
     Ok(Some(snap))
