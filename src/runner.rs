@@ -268,7 +268,9 @@ fn print_report(r: &Report, out: &str) {
 
 async fn finish(handle: Handle, out: &str) -> Result<()> {
     let report = match handle.wait().await {
-        Err(server::RunError::Failed(why)) => return Err(Ending::RunFailed(why).into()),
+        Err(hbac_coordinator::error::RunError::Failed(why)) => {
+            return Err(Ending::RunFailed(why).into());
+        }
         other => other?,
     };
     print_report(&report, out);

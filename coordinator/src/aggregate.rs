@@ -16,8 +16,8 @@ use hbac_common::storage::Store;
 use hbac_common::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::{JobDef, JobResult};
 use crate::plan::Plan;
-use crate::state::{JobDef, JobResult};
 
 /// Step of the grid the architecture weights are searched on.
 const WEIGHT_STEP: f64 = 0.05;

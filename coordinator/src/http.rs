@@ -22,8 +22,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::error::RunError;
 use crate::metrics;
-use crate::server::RunError;
 use crate::service::Shared;
 
 /// The dashboard's page, script and style.

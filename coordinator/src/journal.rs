@@ -28,8 +28,8 @@ use hbac_common::storage::Store;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::jobs::{JobEntry, JobResult};
 use crate::plan::Plan;
-use crate::state::JobResult;
 
 /// The journal folder inside the output root.
 pub const DIR: &str = "journal";
@@ -80,45 +80,6 @@ pub struct Owner {
     pub written_ms: u64,
     /// The owner let go of the run (it ended): the next coordinator may claim it at once.
     pub released: bool,
-}
-
-/// A job's durable record.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobEntry {
-    /// Leases granted.
-    pub attempts: u32,
-    /// Attempts that failed (a retryable error reported by the worker, a timeout, a stall).
-    pub failures: u32,
-    /// The workers those failures happened on.
-    pub failed_on: BTreeSet<String>,
-    /// Attempts lost with their worker (lease expiry, shutdown hand-back, drain).
-    pub disruptions: u32,
-    /// The latest saved training state: which attempt's folder, after how many epochs.
-    pub saved: Option<Saved>,
-    /// The lease in force, if any.
-    pub lease: Option<LeaseEntry>,
-    /// The accepted result.
-    pub result: Option<JobResult>,
-    /// Why the job failed for good.
-    pub failed: Option<String>,
-}
-
-/// A saved training state a later attempt resumes from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Saved {
-    pub lease_id: String,
-    pub epochs: usize,
-}
-
-/// A granted lease, as the journal keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseEntry {
-    pub id: String,
-    pub worker: String,
-    pub slot: u32,
 }
 
 /// One journal entry: the whole durable state of the run.

@@ -6,8 +6,7 @@ use hbac_common::preprocess::{LabelMode, SampleSelection};
 use hbac_common::proto::JobOrder;
 use serde::{Deserialize, Serialize};
 
-use crate::journal::Saved;
-use crate::state::JobDef;
+use crate::jobs::{JobDef, Saved};
 
 /// What to run: data, folds, and one training configuration per architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,26 +19,12 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 
 use crate::aggregate::{Report, aggregate};
+use crate::error::RunError;
 use crate::http::{self, HttpConfig};
 use crate::journal::{Journal, JournalError};
 use crate::plan::Plan;
 use crate::service::{Service, Shared, check_token, tick_period};
 use crate::state::{RunState, Settings, State};
-
-/// How a run ended badly.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Data(#[from] hbac_common::Error),
-    #[error("the run failed: {0}")]
-    Failed(String),
-    #[error("gRPC server: {0}")]
-    Transport(String),
-    #[error("dashboard: {0}")]
-    Http(String),
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-}
 
 /// A coordinator's settings.
 #[derive(Clone)]

@@ -20,9 +20,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::aggregate::Report;
+use crate::jobs::{JobDef, JobResult};
 use crate::journal::{Journal, JournalError};
 use crate::plan::Plan;
-use crate::state::{Ending, JobDef, JobResult, LeaseOutcome, Refusal, State};
+use crate::state::{Ending, LeaseOutcome, Refusal, State};
 use crate::view::RunView;
 
 /// What the service and the run loop share.

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 use hbac_common::proto::wire::JobPhase;
 use hbac_common::records::{EpochReport, JobSummary};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
-use crate::journal::{JobEntry, LeaseEntry, Saved};
+use crate::jobs::{JobDef, JobEntry, JobResult, LeaseEntry, Saved};
 
 /// Scheduling rules of a run.
 #[derive(Debug, Clone)]
@@ -42,25 +41,6 @@ impl Settings {
     pub fn heartbeat(&self) -> Duration {
         self.lease_ttl / 3
     }
-}
-
-/// One (architecture, fold) job of the plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobDef {
-    pub id: String,
-    pub arch: String,
-    pub fold: usize,
-}
-
-/// An accepted result: which lease produced it, where its files are, and its `summary.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobResult {
-    #[serde(default)]
-    pub lease_id: String,
-    pub out_url: String,
-    pub summary_json: String,
-    pub attempt: u32,
-    pub worker: String,
 }
 
 /// Live progress of a leased job, from its epoch metrics.

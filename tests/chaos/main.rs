@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hbac_common::proto::wire::{self, JobPhase, RunPhase};
+use hbac_coordinator::jobs::JobResult;
 use hbac_coordinator::journal::{self, Snapshot};
-use hbac_coordinator::state::JobResult;
 use proxy::{Proxy, Weather};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
