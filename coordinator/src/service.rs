@@ -35,8 +35,9 @@ pub struct Shared {
     /// The claimed journal and the state version it holds (group commit: one write covers
     /// every change made before it started).
     journal: tokio::sync::Mutex<Committed>,
-    /// Set once a newer coordinator has claimed the run: nothing more is leased or written.
-    pub fenced: std::sync::OnceLock<String>,
+    /// Set once a newer coordinator has claimed the run (this one's generation, the newer
+    /// one's): nothing more is leased or written.
+    pub fenced: std::sync::OnceLock<(u64, u64)>,
     /// Woken whenever a job ends or the run state changes.
     pub changed: tokio::sync::Notify,
     /// The run's results, set once they are written: until then a run whose jobs are all done
@@ -110,13 +111,20 @@ impl Shared {
         })
     }
 
+    /// The error a fenced coordinator answers with (`None` while it owns the run).
+    pub fn fence(&self) -> Option<JournalError> {
+        self.fenced
+            .get()
+            .map(|&(generation, newer)| JournalError::Fenced {
+                generation,
+                newer,
+                out: self.out.root().to_string(),
+            })
+    }
+
     async fn write(&self, version: Option<u64>, released: bool) -> Result<(), JournalError> {
-        if let Some(why) = self.fenced.get() {
-            return Err(JournalError::Fenced {
-                generation: 0,
-                newer: 0,
-                out: why.clone(),
-            });
+        if let Some(e) = self.fence() {
+            return Err(e);
         }
         let mut c = self.journal.lock().await;
         if let (Some(v), Some(done)) = (version, c.version)
@@ -139,8 +147,12 @@ impl Shared {
                 c.at = Instant::now();
                 Ok(())
             }
-            Err(e @ JournalError::Fenced { .. }) => {
-                let _ = self.fenced.set(e.to_string());
+            Err(
+                e @ JournalError::Fenced {
+                    generation, newer, ..
+                },
+            ) => {
+                let _ = self.fenced.set((generation, newer));
                 self.changed.notify_waiters();
                 Err(e)
             }
@@ -271,8 +283,8 @@ impl Coordinator for Service {
         req: Request<wire::LeaseRequest>,
     ) -> Result<Response<wire::LeaseResponse>, Status> {
         let req = req.into_inner();
-        if let Some(why) = self.0.fenced.get() {
-            return Err(Status::unavailable(why.clone()));
+        if let Some(e) = self.0.fence() {
+            return Err(Status::unavailable(e.to_string()));
         }
         let (outcome, version) = {
             let mut s = self.0.lock();
@@ -316,8 +328,8 @@ impl Coordinator for Service {
         req: Request<wire::HeartbeatRequest>,
     ) -> Result<Response<wire::HeartbeatResponse>, Status> {
         let req = req.into_inner();
-        let verdict = match self.0.fenced.get() {
-            Some(why) => return Err(Status::unavailable(why.clone())),
+        let verdict = match self.0.fence() {
+            Some(e) => return Err(Status::unavailable(e.to_string())),
             None => {
                 self.0
                     .lock()
@@ -503,6 +515,47 @@ pub fn tick_period(lease_ttl: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A coordinator replaced by a newer one says so with both generations, on every later
+    /// write and call (not a message rebuilt with generation 0).
+    #[tokio::test]
+    async fn a_fenced_coordinator_names_both_generations() {
+        use std::collections::BTreeMap;
+        let out = Store::create("memory://service-fence").unwrap();
+        let plan = crate::plan::test_plan(out.root(), "a", serde_json::json!({"epochs": 1}));
+        let quick = Duration::from_millis(50);
+        let (journal, _) = Journal::claim(&out, &plan, "old", quick).await.unwrap();
+        let settings = crate::state::Settings {
+            lease_ttl: quick,
+            max_attempts: 1,
+            max_disruptions: 1,
+            job_timeout: quick,
+            stall_timeout: quick,
+            worker_grace: quick,
+        };
+        let state = State::new(
+            plan.jobs(),
+            &BTreeMap::new(),
+            Default::default(),
+            settings,
+            std::time::Instant::now(),
+        );
+        let shared = Shared::new(state, plan.clone(), out.clone(), journal);
+        shared.renew(Duration::ZERO, false).await.unwrap();
+        assert!(shared.fence().is_none());
+        tokio::time::sleep(quick * 3).await;
+        let (_newer, _) = Journal::claim(&out, &plan, "new", quick).await.unwrap();
+        for _ in 0..2 {
+            let e = shared.renew(Duration::ZERO, false).await.unwrap_err();
+            let text = e.to_string();
+            assert!(
+                text.contains("generation 1") && text.contains("generation 2"),
+                "{text}"
+            );
+        }
+        let e = shared.fence().unwrap().to_string();
+        assert!(e.contains("generation 1") && e.contains(out.root()), "{e}");
+    }
 
     #[test]
     fn tokens_match_only_when_equal_whatever_their_lengths() {
