@@ -343,7 +343,7 @@ impl Coordinator for Service {
             },
             Err(reason) => wire::HeartbeatResponse {
                 cancel: true,
-                reason,
+                reason: reason.to_string(),
             },
         }))
     }
@@ -417,7 +417,7 @@ impl Coordinator for Service {
                                 info!(lease = req.lease_id, worker, "result accepted");
                                 Ok(())
                             }
-                            Err(e) => Err(e),
+                            Err(e) => Err(e.to_string()),
                         }
                     }
                     Err(why) => {
@@ -456,7 +456,10 @@ impl Coordinator for Service {
                 };
                 let (verdict, version) = {
                     let mut s = self.0.lock();
-                    (s.end(&req.lease_id, ending), s.version())
+                    (
+                        s.end(&req.lease_id, ending).map_err(|e| e.to_string()),
+                        s.version(),
+                    )
                 };
                 self.0.commit(version).await.map_err(unavailable)?;
                 verdict

@@ -211,6 +211,22 @@ pub enum Refusal {
     UnknownWorker(String),
 }
 
+/// Why the state turns down a worker's call about a lease (a heartbeat, a result, an end):
+/// the worker is told, and cancels or drops the attempt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    #[error("the run failed: {0}")]
+    RunFailed(String),
+    #[error("lease {0} is no longer current")]
+    NotCurrent(String),
+    #[error("unknown session")]
+    UnknownSession,
+    #[error("lease {0} is held by another session")]
+    HeldElsewhere(String),
+    #[error("lease {0} is no longer current; result discarded")]
+    Discarded(String),
+}
+
 /// The whole scheduling state.
 #[derive(Debug)]
 pub struct State {
@@ -526,8 +542,8 @@ impl State {
             })
     }
 
-    /// Renews a lease, with the worker's position in it (epoch, batch); `Err(reason)` orders
-    /// the worker to cancel the job. A session this coordinator does not know is taken over
+    /// Renews a lease, with the worker's position in it (epoch, batch); an error orders the
+    /// worker to cancel the job. A session this coordinator does not know is taken over
     /// when it holds an adopted lease (its worker registered with a predecessor).
     pub fn heartbeat(
         &mut self,
@@ -535,23 +551,23 @@ impl State {
         lease_id: &str,
         position: (u32, u32),
         now: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), LeaseError> {
         if let RunState::Failed(e) = &self.run {
-            return Err(format!("the run failed: {e}"));
+            return Err(LeaseError::RunFailed(e.clone()));
         }
         let ttl = self.settings.lease_ttl;
         let known = self.touch(session, now).is_ok();
         let Some((_, l)) = self.leased(lease_id) else {
             return Err(if known {
-                format!("lease {lease_id} is no longer current")
+                LeaseError::NotCurrent(lease_id.to_string())
             } else {
-                "unknown session".into()
+                LeaseError::UnknownSession
             });
         };
         match &l.session {
             Some(s) if s == session => {}
             None => l.session = Some(session.to_string()),
-            Some(_) => return Err(format!("lease {lease_id} is held by another session")),
+            Some(_) => return Err(LeaseError::HeldElsewhere(lease_id.to_string())),
         }
         l.expires = now + ttl;
         if position != l.position {
@@ -613,7 +629,7 @@ impl State {
     /// Accepts a job's result exactly once: only from its current lease. The same lease
     /// reporting again (its acknowledgement was lost) is answered the same way. Returns the
     /// job index.
-    pub fn complete(&mut self, lease_id: &str, mut result: JobResult) -> Result<usize, String> {
+    pub fn complete(&mut self, lease_id: &str, mut result: JobResult) -> Result<usize, LeaseError> {
         if let Some(index) = self
             .jobs
             .iter()
@@ -623,9 +639,7 @@ impl State {
         }
         let Some((index, lease)) = self.leased(lease_id) else {
             self.counters.late_results += 1;
-            return Err(format!(
-                "lease {lease_id} is no longer current; result discarded"
-            ));
+            return Err(LeaseError::Discarded(lease_id.to_string()));
         };
         result.worker = lease.worker.clone();
         result.lease_id = lease_id.to_string();
@@ -637,10 +651,10 @@ impl State {
     }
 
     /// An attempt that ended without a result, as its worker reported it.
-    pub fn end(&mut self, lease_id: &str, ending: Ending) -> Result<(), String> {
+    pub fn end(&mut self, lease_id: &str, ending: Ending) -> Result<(), LeaseError> {
         let Some((index, _)) = self.leased(lease_id) else {
             self.counters.late_results += 1;
-            return Err(format!("lease {lease_id} is no longer current"));
+            return Err(LeaseError::NotCurrent(lease_id.to_string()));
         };
         self.end_attempt(index, ending);
         Ok(())
@@ -925,11 +939,15 @@ mod tests {
         s.tick(t1);
         assert_eq!(s.counters().lease_expiries, 1);
         assert_eq!((s.jobs()[0].disruptions, s.jobs()[0].failures), (1, 0));
-        assert!(s.heartbeat(&w1, &first.lease_id, (0, 0), t1).is_err());
+        assert_eq!(
+            s.heartbeat(&w1, &first.lease_id, (0, 0), t1),
+            Err(LeaseError::NotCurrent(first.lease_id.clone()))
+        );
         let second = granted(s.lease(&w2, 0, t1).unwrap());
         assert_eq!(second.attempt, 2);
-        assert!(
-            s.complete(&first.lease_id, result()).is_err(),
+        assert_eq!(
+            s.complete(&first.lease_id, result()),
+            Err(LeaseError::Discarded(first.lease_id.clone())),
             "late result"
         );
         s.complete(&second.lease_id, result()).unwrap();
