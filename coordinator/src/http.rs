@@ -24,7 +24,7 @@ use axum::routing::get;
 
 use crate::error::RunError;
 use crate::metrics;
-use crate::service::Shared;
+use crate::shared::Shared;
 
 /// The dashboard's page, script and style.
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");

@@ -8,7 +8,8 @@
 //!   and the state;
 //! * [`journal`] — the run's durable state in object storage and its single owner (fencing);
 //! * [`state`] — the scheduling rules, free of I/O;
-//! * [`service`] — the gRPC service over the state;
+//! * [`service`] — the gRPC service over the state; [`shared`] — what it, the HTTP port and
+//!   the run loop share (the locked state, the journal with group commit);
 //! * [`server`] — starting and driving a run; [`error`] — how a run ends badly;
 //! * [`view`] — the run as people look at it (one JSON document);
 //! * [`http`] — the dashboard, `/api/run`, the figures, the run's files and [`metrics`]
@@ -25,5 +26,6 @@ pub mod plan;
 pub mod report;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod state;
 pub mod view;

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::service::Shared;
+use crate::shared::Shared;
 use crate::state::JobState;
 
 type Labels = Vec<(String, String)>;

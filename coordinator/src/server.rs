@@ -23,7 +23,8 @@ use crate::error::RunError;
 use crate::http::{self, HttpConfig};
 use crate::journal::{Journal, JournalError};
 use crate::plan::Plan;
-use crate::service::{Service, Shared, check_token, tick_period};
+use crate::service::{Service, check_token, tick_period};
+use crate::shared::Shared;
 use crate::state::{RunState, Settings, State};
 
 /// A coordinator's settings.
