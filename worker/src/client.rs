@@ -9,7 +9,6 @@
 //! for `patience`, then reported.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,32 +22,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 use tracing::{info, warn};
 
+use crate::executor::{Events, Executor, Failure};
 use crate::train::trainer::EpochReport;
-
-/// How one job ended badly.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub message: String,
-    /// Whether another attempt (elsewhere) could succeed.
-    pub retryable: bool,
-}
-
-/// What a running job tells the loop, and how the loop stops it.
-#[derive(Clone)]
-pub struct Events {
-    pub epochs: mpsc::UnboundedSender<EpochReport>,
-    pub cancel: Arc<AtomicBool>,
-    /// Where the job is: `(epoch + 1) << 32 | batches done`, sent with every heartbeat.
-    pub position: Arc<AtomicU64>,
-}
-
-impl Events {
-    /// Records that `done` batches of `epoch` (0-based) have been trained.
-    pub fn at(&self, epoch: usize, done: usize) {
-        let p = ((epoch as u64 + 1) << 32) | (done as u64 & 0xffff_ffff);
-        self.position.store(p, Ordering::Relaxed);
-    }
-}
 
 /// Deadline of every unary call: a coordinator that accepts the connection but never answers
 /// fails the call instead of hanging it.
@@ -59,20 +34,6 @@ fn timed<T>(req: T) -> Request<T> {
     let mut r = Request::new(req);
     r.set_timeout(CALL_TIMEOUT);
     r
-}
-
-/// Result of one job: its `summary.json`, or why it failed.
-pub type Outcome = Result<String, Failure>;
-
-/// Runs jobs: the trainer in production, a timed stand-in in scheduling benchmarks.
-pub trait Executor: Send + Sync + 'static {
-    /// Runs `order` on accelerator `slot`; the order's `out` URL receives its files.
-    fn execute(
-        &self,
-        order: JobOrder,
-        slot: usize,
-        events: Events,
-    ) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
 }
 
 /// Worker settings (`Debug` shows no token).

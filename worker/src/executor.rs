@@ -1,22 +1,63 @@
-//! The production [`Executor`]: a leased [`JobOrder`] becomes a [`JobSpec`] and runs through
-//! [`job::run`] on the slot's device, with epochs forwarded and cancellation honoured. Errors
+//! What runs a leased job ([`Executor`], with the [`Events`] it reports through and its
+//! [`Outcome`]), and the production one, [`TrainExecutor`]: a leased [`JobOrder`] becomes a
+//! [`JobSpec`] and runs through [`job::run`] on the slot's device, with epochs forwarded and
+//! cancellation honoured. Errors
 //! are sorted into retryable (storage or transport trouble, cancellation) and not (bad input,
 //! bad configuration, divergence: another attempt would fail the same way).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::ops::TrainBackend;
 use hbac_common::Error;
 use hbac_common::proto::JobOrder;
 use hbac_common::storage::Store;
+use tokio::sync::mpsc;
 
 use crate::TrainError;
-use crate::client::{Events, Executor, Failure, Outcome};
 use crate::job::{self, JobSpec};
 use crate::train::trainer::{EpochReport, TrainConfig, TrainHooks};
+
+/// How one job ended badly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    /// Whether another attempt (elsewhere) could succeed.
+    pub retryable: bool,
+}
+
+/// What a running job tells the loop, and how the loop stops it.
+#[derive(Clone)]
+pub struct Events {
+    pub epochs: mpsc::UnboundedSender<EpochReport>,
+    pub cancel: Arc<AtomicBool>,
+    /// Where the job is: `(epoch + 1) << 32 | batches done`, sent with every heartbeat.
+    pub position: Arc<AtomicU64>,
+}
+
+impl Events {
+    /// Records that `done` batches of `epoch` (0-based) have been trained.
+    pub fn at(&self, epoch: usize, done: usize) {
+        let p = ((epoch as u64 + 1) << 32) | (done as u64 & 0xffff_ffff);
+        self.position.store(p, Ordering::Relaxed);
+    }
+}
+
+/// Result of one job: its `summary.json`, or why it failed.
+pub type Outcome = Result<String, Failure>;
+
+/// Runs jobs: the trainer in production, a timed stand-in in scheduling benchmarks.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs `order` on accelerator `slot`; the order's `out` URL receives its files.
+    fn execute(
+        &self,
+        order: JobOrder,
+        slot: usize,
+        events: Events,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
+}
 
 /// Trains on backend `B`; `device(slot)` gives the device of accelerator `slot`.
 pub struct TrainExecutor<B: TrainBackend> {

@@ -22,7 +22,8 @@ use hbac_common::proto::{Backend, JobOrder, PROTOCOL_VERSION};
 use hbac_coordinator::plan::Plan;
 use hbac_coordinator::server::{self, Config, Handle};
 use hbac_coordinator::state::Settings;
-use hbac_worker::client::{self, Events, Executor, Outcome, WorkerOptions};
+use hbac_worker::client::{self, WorkerOptions};
+use hbac_worker::executor::{Events, Executor, Outcome};
 
 #[derive(Parser)]
 struct Cli {
