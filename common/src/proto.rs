@@ -103,6 +103,45 @@ pub enum DecodeError {
     Backend(String),
 }
 
+/// An epoch's metrics on the wire: 1-based `epoch` of `epochs`, for `lease_id` of `session`;
+/// `saved`: the attempt saved its full training state after this epoch.
+pub fn epoch_metrics(
+    r: &crate::records::EpochReport,
+    session: &str,
+    lease_id: &str,
+    epochs: u32,
+    saved: bool,
+) -> wire::EpochMetrics {
+    wire::EpochMetrics {
+        session: session.to_string(),
+        lease_id: lease_id.to_string(),
+        epoch: r.epoch as u32 + 1,
+        epochs,
+        lr: r.lr,
+        train_kl: r.train_kl,
+        valid_kl: r.valid_kl,
+        seconds: r.seconds,
+        samples_per_second: r.samples_per_second,
+        best: r.best,
+        saved,
+    }
+}
+
+impl From<&wire::EpochMetrics> for crate::records::EpochReport {
+    /// The epoch back to 0-based (a 0 on the wire, which no worker sends, reads as epoch 0).
+    fn from(m: &wire::EpochMetrics) -> Self {
+        crate::records::EpochReport {
+            epoch: (m.epoch as usize).saturating_sub(1),
+            lr: m.lr,
+            train_kl: m.train_kl,
+            valid_kl: m.valid_kl,
+            seconds: m.seconds,
+            samples_per_second: m.samples_per_second,
+            best: m.best,
+        }
+    }
+}
+
 impl From<&Registration> for wire::RegisterRequest {
     fn from(r: &Registration) -> Self {
         wire::RegisterRequest {
@@ -167,6 +206,22 @@ pub const AUTH_HEADER: &str = "authorization";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_reports_cross_the_wire_one_based_and_come_back() {
+        let r = crate::records::EpochReport {
+            epoch: 4,
+            lr: 1e-4,
+            train_kl: 0.7,
+            valid_kl: Some(0.8),
+            seconds: 12.5,
+            samples_per_second: 30.0,
+            best: true,
+        };
+        let m = epoch_metrics(&r, "s", "L1", 13, true);
+        assert_eq!((m.epoch, m.epochs, m.saved), (5, 13, true));
+        assert_eq!(crate::records::EpochReport::from(&m), r);
+    }
 
     #[test]
     fn registration_roundtrip_and_version_check() {

@@ -198,15 +198,7 @@ impl Coordinator for Service {
             received += 1;
             let mut s = self.0.lock();
             let _ = s.touch(&m.session, now());
-            let r = EpochReport {
-                epoch: (m.epoch as usize).saturating_sub(1),
-                lr: m.lr,
-                train_kl: m.train_kl,
-                valid_kl: m.valid_kl,
-                seconds: m.seconds,
-                samples_per_second: m.samples_per_second,
-                best: m.best,
-            };
+            let r = EpochReport::from(&m);
             s.epoch(&m.lease_id, &r, m.epochs as usize, m.saved);
         }
         // A saved state is journaled by the run loop's next write (not awaited here: losing

@@ -410,19 +410,7 @@ async fn run_lease(
             let (c, s, id) = (ctx.clone(), session.to_string(), lease.lease_id.clone());
             let mut forward = AbortOnDrop(tokio::spawn(async move {
                 while let Some(r) = rx.recv().await {
-                    let m = wire::EpochMetrics {
-                        session: s.clone(),
-                        lease_id: id.clone(),
-                        epoch: r.epoch as u32 + 1,
-                        epochs,
-                        lr: r.lr,
-                        train_kl: r.train_kl,
-                        valid_kl: r.valid_kl,
-                        seconds: r.seconds,
-                        samples_per_second: r.samples_per_second,
-                        best: r.best,
-                        saved: true,
-                    };
+                    let m = hbac_common::proto::epoch_metrics(&r, &s, &id, epochs, true);
                     let sent = c
                         .retry(|mut client| {
                             let m = m.clone();
