@@ -363,9 +363,10 @@ pub struct RecipeArgs {
     /// the README's model-quality figures].
     #[arg(long)]
     pub init: Option<hbac_worker::model::InitScheme>,
-    /// Stochastic depth of EfficientNetV2's residual blocks in training, as Keras builds it:
-    /// block b of n drops its branch with probability RATE × b / n (keras.applications uses
-    /// 0.2; MobileNetV3 has none) [default: 0, none].
+    /// Stochastic depth of EfficientNetV2's residual blocks in training, as keras.applications
+    /// builds it: block b (of 28) drops its branch with probability RATE × b / 21 (21: the
+    /// stage table's repeats before depth scaling), so RATE < 0.7778; keras.applications uses
+    /// 0.2; MobileNetV3 has none [default: 0, none].
     #[arg(long, default_value_t = 0.0)]
     pub drop_connect: f64,
     /// The image the models see: kaggle (the reference: Kaggle's spectrogram window,

@@ -26,6 +26,22 @@ const B_STAGES: [Stage; 6] = [
     Stage(false, 6, 192, 8, 2, 0.25),
 ];
 
+/// Blocks of the stage table before depth scaling (1 + 2 + 2 + 3 + 5 + 8): keras.applications
+/// divides the stochastic-depth rate by this, not by the blocks it builds.
+pub const TABLE_BLOCKS: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < B_STAGES.len() {
+        n += B_STAGES[i].3;
+        i += 1;
+    }
+    n
+};
+
+/// The largest `drop_connect` rate whose every block rate stays below 1 at depth 1.2 (B2's 28
+/// blocks: the last one's rate is `drop_connect × 27 / 21`).
+pub const MAX_DROP_CONNECT: f64 = TABLE_BLOCKS as f64 / 27.0;
+
 /// Fused-MBConv (k×k expansion conv, then 1×1 projection) and MBConv (1×1 expansion, depthwise
 /// k×k, squeeze-excite, 1×1 projection) as [`InvertedResidual`] blocks.
 impl<B: Backend> InvertedResidual<B> {
@@ -146,11 +162,13 @@ impl<B: Backend> EfficientNetV2<B> {
         }
     }
 
-    /// Keras' stochastic-depth rate of each block for a model `drop_connect_rate`: block `b` of
-    /// `n` drops its residual branch with probability `rate × b / n` (0 where the block has no
-    /// residual, which Keras then skips).
+    /// Keras' stochastic-depth rate of each block for a model `drop_connect_rate`: block `b`
+    /// drops its residual branch with probability `rate × b / n` (0 where the block has no
+    /// residual, which Keras then skips), where `n` is, as in keras.applications, the sum of the
+    /// stage table's repeats BEFORE the depth coefficient ([`TABLE_BLOCKS`], 21) while `b` runs
+    /// over the blocks built (28 for B2): the last block's rate is `rate × 27 / 21`.
     pub fn drop_rates(&self, rate: f64) -> Vec<f64> {
-        let n = self.blocks.len() as f64;
+        let n = TABLE_BLOCKS as f64;
         self.blocks
             .iter()
             .enumerate()

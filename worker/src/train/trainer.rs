@@ -64,8 +64,9 @@ pub struct TrainConfig {
     #[config(default = "None")]
     pub pretrained: Option<String>,
     /// Stochastic depth ("drop connect") of EfficientNetV2's residual blocks, as Keras builds
-    /// it (0.2 in keras.applications): block `b` of `n` drops its branch for a sample with
-    /// probability `rate × b / n` in training. `None` or 0: none (MobileNetV3 has none).
+    /// it (0.2 in keras.applications): block `b` drops its branch for a sample with probability
+    /// `rate × b / 21` in training ([`crate::model::efficientnetv2::TABLE_BLOCKS`]). `None` or
+    /// 0: none (MobileNetV3 has none).
     #[config(default = "None")]
     pub drop_connect: Option<f64>,
     /// Training rows with fewer annotator votes than this are left out (the validation fold
@@ -205,10 +206,11 @@ impl TrainConfig {
             a.mixup_alpha,
         )?;
         if let Some(d) = self.drop_connect {
+            use crate::model::efficientnetv2::MAX_DROP_CONNECT;
             check(
-                d.is_finite() && (0.0..1.0).contains(&d),
+                d.is_finite() && (0.0..MAX_DROP_CONNECT).contains(&d),
                 "drop_connect",
-                "in [0, 1)",
+                "in [0, 0.7778) (Keras spreads it up to rate × 27 / 21 on the last block)",
                 d,
             )?;
         }
@@ -1180,7 +1182,10 @@ mod tests {
             _ => unreachable!(),
         };
         assert_eq!(rates.len(), blocks.len());
-        let n = blocks.len() as f64;
+        // keras.applications: `blocks = sum(num_repeat)` of the unscaled table, 21, while the
+        // 28 blocks built are counted by `b`.
+        assert_eq!(blocks.len(), 28);
+        let n = 21.0;
         for (b, (rate, block)) in rates.iter().zip(blocks).enumerate() {
             let want = if block.residual {
                 0.2 * b as f64 / n
@@ -1250,10 +1255,13 @@ mod tests {
 
     #[test]
     fn drop_connect_outside_0_1_is_refused_by_name() {
-        let cfg =
-            TrainConfig::new(ModelConfig::new(Arch::EfficientNetV2B2)).with_drop_connect(Some(1.0));
-        let e = cfg.validate().unwrap_err();
-        assert!(e.contains("drop_connect"), "{e}");
+        // 0.8 would give the last block a rate of 0.8 × 27 / 21 > 1.
+        for bad in [1.0, 0.8] {
+            let cfg = TrainConfig::new(ModelConfig::new(Arch::EfficientNetV2B2))
+                .with_drop_connect(Some(bad));
+            let e = cfg.validate().unwrap_err();
+            assert!(e.contains("drop_connect"), "{e}");
+        }
         assert!(
             TrainConfig::new(ModelConfig::new(Arch::EfficientNetV2B2))
                 .with_drop_connect(Some(0.2))
