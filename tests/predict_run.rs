@@ -8,22 +8,12 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fails, ok};
+use common::{copy_dir, fails, ok};
 use hbac_common::hms::tables::parse_prob_csv;
 
 fn submission(path: &Path) -> Vec<(i64, [f64; 6])> {
     let rows = parse_prob_csv(&std::fs::read(path).unwrap(), "submission").unwrap();
     rows.into_iter().map(|r| (r.eeg_id, r.values)).collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

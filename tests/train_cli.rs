@@ -535,11 +535,7 @@ fn eeg_and_both_inputs_train_predict_and_say_what_they_took() {
         let test_csv = std::path::Path::new(data).join("test.csv");
         std::fs::copy(test_csv, hidden.join("test.csv")).unwrap();
         for d in ["test_spectrograms", "test_eegs"] {
-            let (from, to) = (std::path::Path::new(data).join(d), hidden.join(d));
-            std::fs::create_dir_all(&to).unwrap();
-            for e in std::fs::read_dir(from).unwrap().flatten() {
-                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-            }
+            common::copy_dir(&std::path::Path::new(data).join(d), &hidden.join(d));
         }
         let sub = tmp.path().join(format!("{input}.csv"));
         ok(&[

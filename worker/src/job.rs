@@ -220,17 +220,6 @@ pub async fn run<B: TrainBackend>(
     } else {
         groups.len()
     };
-    let stage2_samples = spec.train.stage2.map(|s| {
-        let first = |g: &Vec<usize>| train_samples[g[0]].votes as f64;
-        if groups.is_empty() {
-            train_samples
-                .iter()
-                .filter(|t| t.votes as f64 >= s.min_votes)
-                .count()
-        } else {
-            groups.iter().filter(|g| first(g) >= s.min_votes).count()
-        }
-    });
     let input = spec.train.input;
     let mut train_set = load_set(
         &cache,
@@ -241,6 +230,10 @@ pub async fn run<B: TrainBackend>(
     )
     .await?;
     train_set.groups = groups;
+    let stage2_samples = spec
+        .train
+        .stage2
+        .map(|s| train_set.units_with_votes(s.min_votes).len());
     let train_set = Arc::new(train_set);
     let valid_set =
         Arc::new(load_set(&cache, Split::Train, input, valid, spec.io_concurrency).await?);

@@ -69,6 +69,15 @@ impl WindowSet {
         }
     }
 
+    /// The training units whose samples have at least `min_votes` votes (a recording's members
+    /// all carry its total): the units a second stage trains on.
+    pub fn units_with_votes(&self, min_votes: f64) -> Vec<Vec<usize>> {
+        self.units()
+            .into_iter()
+            .filter(|u| self.samples[u[0]].votes as f64 >= min_votes)
+            .collect()
+    }
+
     /// Builds the batch of `indices`.
     pub fn batch(&self, indices: &[usize]) -> Result<HostBatch, TrainError> {
         let len = self.input.elements();

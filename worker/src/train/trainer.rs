@@ -482,11 +482,7 @@ impl<B: TrainBackend> Run<'_, B> {
         let units = self.train.units();
         let stage2_units: Vec<Vec<usize>> = match &cfg.stage2 {
             Some(s) => {
-                let rows: Vec<Vec<usize>> = units
-                    .iter()
-                    .filter(|u| self.train.samples[u[0]].votes as f64 >= s.min_votes)
-                    .cloned()
-                    .collect();
+                let rows = self.train.units_with_votes(s.min_votes);
                 if rows.is_empty() {
                     return Err(TrainError::Config(format!(
                         "stage 2: none of the {} training rows has at least {} votes",
