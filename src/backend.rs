@@ -5,7 +5,12 @@
 //! burn-cuda and burn-wgpu panic when the driver or adapter is missing.
 
 use anyhow::{Result, bail};
+use burn::backend::Autodiff;
 use clap::ValueEnum;
+use hbac_worker::executor::{Executor, TrainExecutor};
+use hbac_worker::ops::TrainBackend;
+
+use std::sync::Arc;
 
 /// CPU backend (burn-flex).
 pub type Cpu = burn::backend::Flex;
@@ -42,6 +47,56 @@ pub fn wgpu_device(slot: usize) -> burn::backend::wgpu::WgpuDevice {
     match slot {
         0 => WgpuDevice::DefaultDevice,
         i => WgpuDevice::DiscreteGpu(i),
+    }
+}
+
+/// Work that runs on whichever backend `--device` picks. [`run_on`] is the one place that
+/// maps a [`DeviceKind`] to a burn backend; a task is written once, generic over it.
+pub trait OnBackend {
+    type Output;
+    /// Runs the task on `B`, the autodiff backend (training); prediction uses
+    /// `B::InnerBackend`. `device(slot)` is the device of GPU slot `slot` (the CPU for any).
+    fn run<B: TrainBackend>(self, device: fn(usize) -> B::Device) -> Self::Output;
+}
+
+/// A future [`OnBackend::run`] returns for async work (each backend's future has its own type).
+pub type Task<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+/// Checks `kind` ([`check`]), then runs `task` on its backend.
+pub fn run_on<T: OnBackend>(kind: DeviceKind, task: T) -> Result<T::Output> {
+    check(kind)?;
+    Ok(match kind {
+        DeviceKind::Cpu => task.run::<Autodiff<Cpu>>(|_| Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => task.run::<Autodiff<Cuda>>(cuda_device),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => task.run::<Autodiff<Wgpu>>(wgpu_device),
+        #[allow(unreachable_patterns)]
+        other => unreachable!("check refuses {other:?} in this build"),
+    })
+}
+
+/// The training executor of a worker on `kind`: one device per GPU slot.
+pub fn executor(kind: DeviceKind) -> Result<Arc<dyn Executor>> {
+    struct Train;
+    impl OnBackend for Train {
+        type Output = Arc<dyn Executor>;
+        fn run<B: TrainBackend>(self, device: fn(usize) -> B::Device) -> Self::Output {
+            Arc::new(TrainExecutor::<B> {
+                device: Arc::new(device),
+            })
+        }
+    }
+    run_on(kind, Train)
+}
+
+/// The wire's name for the backend a worker trains on.
+pub fn wire_backend(kind: DeviceKind) -> hbac_common::proto::Backend {
+    use hbac_common::proto::Backend;
+    match kind {
+        DeviceKind::Cpu => Backend::Cpu,
+        DeviceKind::Cuda => Backend::Cuda,
+        DeviceKind::Wgpu => Backend::Wgpu,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Each subcommand: turn its arguments into library calls and print a short summary.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use hbac_common::eeg_cache;
 use hbac_common::folds::{self, KFold};
 use hbac_common::hms::{eeg, tables};
@@ -10,12 +10,13 @@ use hbac_common::storage::Store;
 use hbac_common::synth::{self, SynthConfig};
 use tracing::{info, warn};
 
-use crate::backend::DeviceKind;
+use crate::backend::{DeviceKind, OnBackend, Task, run_on};
 use crate::cli::{
     Command, EegSpectrogramArgs, ExportArgs, ExportFormat, FoldsArgs, ModelBenchArgs,
     ModelCheckArgs, ModelCommand, ModelSummaryArgs, PredictArgs, PrepareArgs, ScoreArgs, SynthArgs,
     TrainArgs,
 };
+use hbac_worker::ops::TrainBackend;
 
 /// Runs one subcommand to completion.
 pub async fn run(command: Command) -> Result<()> {
@@ -65,7 +66,7 @@ fn thousands(n: usize) -> String {
 fn model_bench(a: ModelBenchArgs) -> Result<()> {
     use hbac_worker::model::Arch;
     use hbac_worker::model::layers::Path;
-    use hbac_worker::train::bench::{StepBench, report, train_steps};
+    use hbac_worker::train::bench::{StepBench, report};
     anyhow::ensure!(
         a.width > 0.0 && a.width.is_finite(),
         "--width must be positive"
@@ -74,7 +75,6 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
         a.batch > 0 && a.steps > 0,
         "--batch and --steps must be positive"
     );
-    crate::backend::check(a.device)?;
     println!(
         "train_step device={:?} path={} batch={} input=[3,400,300] width={}",
         a.device,
@@ -91,28 +91,7 @@ fn model_bench(a: ModelBenchArgs) -> Result<()> {
             steps: a.steps,
             path: if a.stock { Path::Stock } else { Path::Fused },
         };
-        let times = match a.device {
-            DeviceKind::Cpu => train_steps::<burn::backend::Autodiff<crate::backend::Cpu>>(
-                &bench,
-                &Default::default(),
-                |_| {},
-            ),
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => train_steps::<burn::backend::Autodiff<crate::backend::Cuda>>(
-                &bench,
-                &crate::backend::cuda_device(0),
-                |_| {},
-            ),
-            #[cfg(feature = "wgpu")]
-            DeviceKind::Wgpu => train_steps::<burn::backend::Autodiff<crate::backend::Wgpu>>(
-                &bench,
-                &crate::backend::wgpu_device(0),
-                |_| {},
-            ),
-            #[allow(unreachable_patterns)]
-            other => unreachable!("backend::check refuses {other:?} in this build"),
-        }
-        .map_err(anyhow::Error::msg)?;
+        let times = run_on(a.device, BenchSteps(&bench))?.map_err(anyhow::Error::msg)?;
         println!("{}", report(&bench, &times));
     }
     Ok(())
@@ -127,7 +106,6 @@ fn model_check(a: ModelCheckArgs) -> Result<()> {
         "--width must be positive"
     );
     anyhow::ensure!(a.batch > 0, "--batch must be positive");
-    crate::backend::check(a.device)?;
     let mut failed = Vec::new();
     for arch in a.arch.map_or(Arch::ALL.to_vec(), |x| vec![x]) {
         let bench = StepBench {
@@ -143,27 +121,7 @@ fn model_check(a: ModelCheckArgs) -> Result<()> {
             a.seed,
             &Default::default(),
         );
-        let dev = match a.device {
-            DeviceKind::Cpu => step_gradients::<burn::backend::Autodiff<crate::backend::Cpu>>(
-                &bench,
-                a.seed,
-                &Default::default(),
-            ),
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => step_gradients::<burn::backend::Autodiff<crate::backend::Cuda>>(
-                &bench,
-                a.seed,
-                &crate::backend::cuda_device(0),
-            ),
-            #[cfg(feature = "wgpu")]
-            DeviceKind::Wgpu => step_gradients::<burn::backend::Autodiff<crate::backend::Wgpu>>(
-                &bench,
-                a.seed,
-                &crate::backend::wgpu_device(0),
-            ),
-            #[allow(unreachable_patterns)]
-            other => unreachable!("backend::check refuses {other:?} in this build"),
-        };
+        let dev = run_on(a.device, GradientSteps(&bench, a.seed))?;
         let (cpu, dev) = (
             cpu.map_err(anyhow::Error::msg)?,
             dev.map_err(anyhow::Error::msg)?,
@@ -301,34 +259,14 @@ async fn prepare(a: PrepareArgs) -> Result<()> {
     Ok(())
 }
 
-/// Splits a file URL into its parent root and the file name.
-fn parent_and_name(url: &str) -> Result<(String, String)> {
-    let trimmed = url.trim_end_matches('/');
-    if let Some((scheme, rest)) = trimmed.split_once("://") {
-        return match rest.rsplit_once('/') {
-            Some((parent, name)) => Ok((format!("{scheme}://{parent}"), name.to_string())),
-            None => anyhow::bail!("{url:?} names a bucket or root, not a file"),
-        };
-    }
-    Ok(match trimmed.rsplit_once('/') {
-        Some(("", name)) => ("/".to_string(), name.to_string()),
-        Some((parent, name)) => (parent.to_string(), name.to_string()),
-        None => (".".to_string(), trimmed.to_string()),
-    })
-}
-
 async fn read_file(url: &str) -> Result<(bytes::Bytes, String)> {
-    let (parent, name) = parent_and_name(url)?;
+    let (parent, name) = hbac_common::storage::parent_and_name(url)?;
     let store = Store::open(&parent)?;
     Ok((store.get(&name).await?, store.url(&name)))
 }
 
 async fn write_file(url: &str, bytes: Vec<u8>) -> Result<()> {
-    let (parent, name) = parent_and_name(url)?;
-    Store::create(&parent)?
-        .put(&name, bytes)
-        .await
-        .with_context(|| format!("writing {url}"))
+    Ok(Store::write_url(url, bytes).await?)
 }
 
 async fn export(a: ExportArgs) -> Result<()> {
@@ -336,7 +274,11 @@ async fn export(a: ExportArgs) -> Result<()> {
     if let Some(run) = &a.run {
         let run = crate::predict::open_run(run).await?;
         let out = a.out.as_deref().unwrap_or("onnx");
-        let ensemble = crate::export::export_run(&run, &Store::create(out)?).await?;
+        let ensemble = hbac_worker::finished::export::export_run::<crate::backend::Cpu>(
+            &run,
+            &Store::create(out)?,
+        )
+        .await?;
         let models: usize = ensemble.architectures.iter().map(|a| a.models.len()).sum();
         let weights: Vec<String> = ensemble
             .architectures
@@ -356,7 +298,8 @@ async fn export(a: ExportArgs) -> Result<()> {
             .expect("clap requires --run or --checkpoint"),
     )?;
     let out = a.out.as_deref().unwrap_or("model.onnx");
-    let bytes = crate::export::checkpoint_onnx(&dir, &[]).await?;
+    let bytes =
+        hbac_worker::finished::export::checkpoint_onnx::<crate::backend::Cpu>(&dir, &[]).await?;
     let size = bytes.len();
     write_file(out, bytes).await?;
     println!(
@@ -479,19 +422,20 @@ impl hbac_worker::train::trainer::TrainHooks for EpochProgress {
 }
 
 async fn train(a: TrainArgs) -> Result<()> {
-    use hbac_worker::job::{self, JobSpec};
+    use hbac_worker::job::JobSpec;
 
     let data = Store::open(&a.data)?;
-    let cfg = a.recipe.train_config(a.arch)?;
+    let recipe = hbac_worker::train::recipe::Recipe::from(&a.recipe);
+    let cfg = recipe.train_config(a.arch)?;
     let (epochs, stage1) = (cfg.total_epochs(), cfg.stage2.map(|_| cfg.epochs));
     let spec = JobSpec {
         cache: cache_store(&data, &a.cache)?,
         out: Store::create(&a.out)?,
         data,
         fold: a.fold,
-        kfold: a.recipe.kfold(),
-        selection: a.recipe.selection(),
-        labels: a.recipe.labels(),
+        kfold: recipe.kfold,
+        selection: recipe.selection(),
+        labels: recipe.labels,
         train: cfg,
         io_concurrency: a.jobs,
         resume: a.resume.as_deref().map(Store::open).transpose()?,
@@ -502,37 +446,7 @@ async fn train(a: TrainArgs) -> Result<()> {
         epochs,
         stage1,
     };
-    crate::backend::check(a.device)?;
-    let s = match a.device {
-        DeviceKind::Cpu => {
-            job::run::<burn::backend::Autodiff<crate::backend::Cpu>>(
-                &spec,
-                Default::default(),
-                hooks,
-            )
-            .await?
-        }
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            job::run::<burn::backend::Autodiff<crate::backend::Cuda>>(
-                &spec,
-                crate::backend::cuda_device(0),
-                hooks,
-            )
-            .await?
-        }
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => {
-            job::run::<burn::backend::Autodiff<crate::backend::Wgpu>>(
-                &spec,
-                crate::backend::wgpu_device(0),
-                hooks,
-            )
-            .await?
-        }
-        #[allow(unreachable_patterns)]
-        other => unreachable!("backend::check refuses {other:?} in this build"),
-    };
+    let s = run_on(a.device, TrainJob { spec: &spec, hooks })?.await?;
     println!(
         "best epoch {} valid_kl {:.4}; out-of-fold kaggle kl {:.4} (prior-only {:.4}); outputs in {}",
         s.best_epoch + 1,
@@ -550,13 +464,12 @@ async fn predict(a: PredictArgs) -> Result<()> {
         let run = crate::predict::open_run(run).await?;
         let data = Store::open(&a.data)?;
         let cache = cache_store(&data, &a.cache)?;
-        let settings = crate::predict::Settings {
+        let settings = hbac_worker::finished::predict::Settings {
             batch_size: a.batch_size,
             threads: 2,
             concurrency: a.jobs,
-            device: a.device,
         };
-        let rows = crate::predict::predict_run(&run, &data, &cache, &settings).await?;
+        let rows = crate::predict::predict_run(&run, &data, &cache, settings, a.device).await?;
         write_file(&a.out, tables::write_prob_csv(&rows, None)).await?;
         let weights: Vec<String> = run
             .report
@@ -585,7 +498,7 @@ async fn predict(a: PredictArgs) -> Result<()> {
     let test = [hbac_common::prepare::Split::Test];
     hbac_common::prepare::prepare_splits(&data, &cache, &test, a.jobs).await?;
     let dir = Store::open(checkpoint)?;
-    let input = crate::predict::job_input(&dir).await?;
+    let input = hbac_worker::finished::job_input(&dir).await?;
     if input.uses_eegs() {
         hbac_common::eeg_cache::prepare_splits(&data, &cache, &test, a.jobs).await?;
     }
@@ -595,48 +508,75 @@ async fn predict(a: PredictArgs) -> Result<()> {
         threads: 2,
         concurrency: a.jobs,
     };
-    crate::backend::check(a.device)?;
-    let rows = match a.device {
-        DeviceKind::Cpu => {
-            let device = Default::default();
-            let (model, _) = job::load_checkpoint::<crate::backend::Cpu>(&dir, &device).await?;
-            job::predict_test(model, input, &data, &cache, batching, device).await?
-        }
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            let device = crate::backend::cuda_device(0);
-            let (model, _) = job::load_checkpoint::<crate::backend::Cuda>(&dir, &device).await?;
-            job::predict_test(model, input, &data, &cache, batching, device).await?
-        }
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => {
-            let device = crate::backend::wgpu_device(0);
-            let (model, _) = job::load_checkpoint::<crate::backend::Wgpu>(&dir, &device).await?;
-            job::predict_test(model, input, &data, &cache, batching, device).await?
-        }
-        #[allow(unreachable_patterns)]
-        other => unreachable!("backend::check refuses {other:?} in this build"),
+    let task = PredictCheckpoint {
+        dir: &dir,
+        input,
+        data: &data,
+        cache: &cache,
+        batching,
     };
+    let rows = run_on(a.device, task)?.await?;
     write_file(&a.out, tables::write_prob_csv(&rows, None)).await?;
     println!("wrote {} ({} rows)", a.out, rows.len());
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parent_and_name;
+/// `hbac model bench`'s timed steps on one backend.
+struct BenchSteps<'a>(&'a hbac_worker::train::bench::StepBench);
 
-    #[test]
-    fn file_urls_split_into_root_and_name() {
-        let p = |u: &str| parent_and_name(u).unwrap();
-        assert_eq!(p("train.csv"), (".".into(), "train.csv".into()));
-        assert_eq!(p("data/train.csv"), ("data".into(), "train.csv".into()));
-        assert_eq!(p("/train.csv"), ("/".into(), "train.csv".into()));
-        assert_eq!(
-            p("s3://b/x/train.csv"),
-            ("s3://b/x".into(), "train.csv".into())
-        );
-        assert_eq!(p("s3://b/train.csv"), ("s3://b".into(), "train.csv".into()));
-        assert!(parent_and_name("s3://bucket").is_err());
+impl OnBackend for BenchSteps<'_> {
+    type Output = Result<Vec<f64>, String>;
+    fn run<B: TrainBackend>(self, device: fn(usize) -> B::Device) -> Self::Output {
+        hbac_worker::train::bench::train_steps::<B>(self.0, &device(0), |_| {})
+    }
+}
+
+/// `hbac model check`'s one step's loss and gradients on one backend.
+struct GradientSteps<'a>(&'a hbac_worker::train::bench::StepBench, u64);
+
+impl OnBackend for GradientSteps<'_> {
+    type Output = Result<hbac_worker::train::bench::StepGradients, String>;
+    fn run<B: TrainBackend>(self, device: fn(usize) -> B::Device) -> Self::Output {
+        hbac_worker::train::bench::step_gradients::<B>(self.0, self.1, &device(0))
+    }
+}
+
+/// `hbac train`'s job.
+struct TrainJob<'a, H> {
+    spec: &'a hbac_worker::job::JobSpec,
+    hooks: H,
+}
+
+impl<'a, H: hbac_worker::train::trainer::TrainHooks + Send + 'static> OnBackend
+    for TrainJob<'a, H>
+{
+    type Output = Task<'a, Result<hbac_worker::job::JobSummary, hbac_worker::TrainError>>;
+    fn run<B: TrainBackend>(self, device: fn(usize) -> B::Device) -> Self::Output {
+        Box::pin(hbac_worker::job::run::<B>(self.spec, device(0), self.hooks))
+    }
+}
+
+/// `hbac predict --checkpoint`: one job's model on the test set.
+struct PredictCheckpoint<'a> {
+    dir: &'a Store,
+    input: hbac_common::preprocess::Input,
+    data: &'a Store,
+    cache: &'a hbac_common::prepare::Cache,
+    batching: hbac_worker::job::Batching,
+}
+
+impl<'a> OnBackend for PredictCheckpoint<'a> {
+    type Output = Task<'a, Result<Vec<tables::ProbRow>>>;
+    fn run<B: TrainBackend>(self, device: fn(usize) -> B::Device) -> Self::Output {
+        use hbac_worker::job;
+        Box::pin(async move {
+            let device = device(0);
+            let (model, _) = job::load_checkpoint::<B::InnerBackend>(self.dir, &device).await?;
+            let input = self.input;
+            Ok(
+                job::predict_test(model, input, self.data, self.cache, self.batching, device)
+                    .await?,
+            )
+        })
     }
 }

@@ -6,9 +6,9 @@
 pub mod backend;
 pub mod cli;
 pub mod commands;
-pub mod export;
+pub mod local;
 pub mod predict;
 mod recipe;
 mod runner;
 
-pub use runner::Ending;
+pub use runner::Exit;

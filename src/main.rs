@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => match e.downcast_ref::<hbac::Ending>() {
+        Err(e) => match e.downcast_ref::<hbac::Exit>() {
             Some(ending) => {
                 eprintln!("{ending}");
                 ExitCode::from(ending.code())

@@ -1,32 +1,32 @@
 //! The distributed roles: `coordinator`, `worker`, `local` (both in one process over loopback
 //! gRPC) and `status`, plus the live progress view they share.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hbac_common::proto;
-use hbac_common::proto::wire::StatusResponse;
+use hbac_common::proto::wire::RunPhase;
+use hbac_common::records::RunReport;
 use hbac_common::storage::Store;
 use hbac_common::synth::{self, SynthConfig};
-use hbac_coordinator::aggregate::Report;
-use hbac_coordinator::plan::Plan;
-use hbac_coordinator::server::{self, Config, Handle};
+use hbac_coordinator::error::RunError;
+use hbac_coordinator::plan::{Locations, Plan, PlanError};
+use hbac_coordinator::server::{self, Config};
 use hbac_coordinator::state::Settings;
+use hbac_coordinator::view::{JobView, RunView};
 use hbac_worker::client::{self, Ended, WorkerOptions};
-use hbac_worker::executor::Executor;
-use hbac_worker::executor::TrainExecutor;
+use hbac_worker::train::recipe::{Preset, Recipe};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tracing::info;
 
-use crate::backend::DeviceKind;
+use crate::backend::wire_backend;
 use crate::cli::{
-    AdminArgs, ClientTlsArgs, CoordinatorArgs, DrainArgs, LocalArgs, RecipeArgs, ReportArgs,
-    ScheduleArgs, StatusArgs, TokenArgs, WorkerArgs,
+    AdminArgs, ClientTlsArgs, CoordinatorArgs, DrainArgs, LocalArgs, ReportArgs, ScheduleArgs,
+    StatusArgs, TokenArgs, WorkerArgs,
 };
+use crate::local::Cluster;
 
 fn secs(s: f64, flag: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(s).with_context(|| format!("--{flag} must be a positive number"))
@@ -89,68 +89,33 @@ fn plan(
     cache: &Option<String>,
     out: &str,
     archs: &[hbac_worker::model::Arch],
-    recipe: &RecipeArgs,
+    recipe: &Recipe,
     jobs: usize,
 ) -> Result<Plan> {
-    if archs.is_empty() {
-        bail!("--archs names no architecture");
-    }
-    let data_store = Store::open(data)?;
-    let cache = match cache {
-        Some(c) => c.clone(),
-        None => data_store.url("cache"),
-    };
-    let archs = archs
+    let configs = archs
         .iter()
         .map(|a| {
             let cfg = recipe.train_config(*a)?;
             Ok((a.name().to_string(), serde_json::to_value(&cfg)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Plan {
-        data: data_store.root().to_string(),
-        cache,
-        out: Store::create(out)?.root().to_string(),
-        kfold: recipe.kfold(),
-        selection: recipe.selection(),
-        labels: recipe.labels(),
-        archs,
-        io_concurrency: jobs,
-    })
-}
-
-/// The executor for `device`: burn-flex on the CPU, or CUDA / wgpu with one GPU per slot.
-fn executor(device: DeviceKind) -> Result<Arc<dyn Executor>> {
-    crate::backend::check(device)?;
-    Ok(match device {
-        DeviceKind::Cpu => Arc::new(
-            TrainExecutor::<burn::backend::Autodiff<crate::backend::Cpu>> {
-                device: Arc::new(|_| Default::default()),
-            },
-        ),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => Arc::new(TrainExecutor::<
-            burn::backend::Autodiff<crate::backend::Cuda>,
-        > {
-            device: Arc::new(crate::backend::cuda_device),
-        }),
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => Arc::new(TrainExecutor::<
-            burn::backend::Autodiff<crate::backend::Wgpu>,
-        > {
-            device: Arc::new(crate::backend::wgpu_device),
-        }),
-        #[allow(unreachable_patterns)]
-        other => unreachable!("backend::check refuses {other:?} in this build"),
-    })
-}
-
-fn backend(device: DeviceKind) -> proto::Backend {
-    match device {
-        DeviceKind::Cpu => proto::Backend::Cpu,
-        DeviceKind::Cuda => proto::Backend::Cuda,
-        DeviceKind::Wgpu => proto::Backend::Wgpu,
-    }
+    let at = Locations {
+        data: data.to_string(),
+        cache: cache.clone(),
+        out: out.to_string(),
+    };
+    let plan = Plan::new(
+        &at,
+        recipe.kfold,
+        recipe.selection(),
+        recipe.labels,
+        configs,
+        jobs,
+    );
+    Ok(plan.map_err(|e| match e {
+        PlanError::NoArchitecture => anyhow::anyhow!("--archs names no architecture"),
+        e => e.into(),
+    })?)
 }
 
 /// A watch that turns true on SIGTERM or Ctrl-C.
@@ -176,34 +141,32 @@ fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
-/// One bar per job, refreshed from the coordinator's status until the run ends.
-fn progress_view(
-    status: impl Fn() -> StatusResponse + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
+/// One bar per job, refreshed from the run's view until the run ends.
+fn progress_view(view: impl Fn() -> RunView + Send + 'static) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let multi = hbac_common::progress::bars();
         let style = ProgressStyle::with_template("{prefix:28} {bar:20} {pos:>2}/{len:2} {msg}")
             .expect("valid template");
         let mut bars: Vec<ProgressBar> = Vec::new();
         loop {
-            let s = status();
+            let v = view();
             if bars.is_empty() {
-                bars = s
+                bars = v
                     .jobs
                     .iter()
                     .map(|j| {
                         let b = multi.add(ProgressBar::new(1).with_style(style.clone()));
-                        b.set_prefix(j.job_id.clone());
+                        b.set_prefix(j.id.clone());
                         b
                     })
                     .collect();
             }
-            for (b, j) in bars.iter().zip(&s.jobs) {
+            for (b, j) in bars.iter().zip(&v.jobs) {
                 b.set_length(j.epochs.max(1) as u64);
                 b.set_position(j.epoch as u64);
                 b.set_message(job_line(j));
             }
-            if s.phase() != proto::wire::RunPhase::Running {
+            if v.phase != RunPhase::Running {
                 for b in &bars {
                     b.finish();
                 }
@@ -214,11 +177,11 @@ fn progress_view(
     })
 }
 
-fn job_line(j: &proto::wire::JobStatus) -> String {
+fn job_line(j: &JobView) -> String {
     let kl = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
     let mut line = format!(
         "{:7} {} try {} train {} valid {}",
-        j.phase().label(),
+        j.phase.label(),
         if j.worker.is_empty() { "-" } else { &j.worker },
         j.attempt,
         kl(j.train_kl),
@@ -230,7 +193,7 @@ fn job_line(j: &proto::wire::JobStatus) -> String {
     line
 }
 
-fn print_report(r: &Report, out: &str) {
+fn print_report(r: &RunReport, out: &str) {
     for (arch, kl) in &r.cv_by_arch {
         println!(
             "cv {arch}: kaggle kl {kl:.4} (folds {:?})",
@@ -252,7 +215,7 @@ fn print_report(r: &Report, out: &str) {
             per.join(", ")
         );
     }
-    if let Some(b) = r.per_class.get(hbac_coordinator::aggregate::ENSEMBLE) {
+    if let Some(b) = r.per_class.get(hbac_common::records::ENSEMBLE) {
         let classes: Vec<String> = (0..b.classes.len())
             .map(|i| {
                 let recall = b.recall[i].map_or("-".into(), |v| format!("{v:.2}"));
@@ -267,11 +230,10 @@ fn print_report(r: &Report, out: &str) {
     );
 }
 
-async fn finish(handle: Handle, out: &str) -> Result<()> {
-    let report = match handle.wait().await {
-        Err(hbac_coordinator::error::RunError::Failed(why)) => {
-            return Err(Ending::RunFailed(why).into());
-        }
+/// Prints the report of a finished run; a failed run is an [`Exit`].
+fn finish(result: Result<RunReport, RunError>, out: &str) -> Result<()> {
+    let report = match result {
+        Err(RunError::Failed(why)) => return Err(Exit::RunFailed(why).into()),
         other => other?,
     };
     print_report(&report, out);
@@ -299,7 +261,7 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
         &a.cache,
         &a.out,
         &a.schedule.archs,
-        &a.recipe,
+        &Recipe::from(&a.recipe),
         a.jobs,
     )?;
     a.check_transport().map_err(anyhow::Error::msg)?;
@@ -329,8 +291,8 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
         println!("dashboard on http://{h}/ (metrics at /metrics)");
     }
     let shared = handle.shared.clone();
-    let view = progress_view(move || shared.status());
-    let result = finish(handle, &out).await;
+    let view = progress_view(move || shared.view());
+    let result = finish(handle.wait().await, &out);
     let _ = view.await;
     result
 }
@@ -347,7 +309,7 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
         token,
         worker_id: id,
         slots: a.gpus.max(1),
-        backend: backend(a.device),
+        backend: wire_backend(a.device),
         tls: {
             a.tls
                 .check_transport(&a.coordinator)
@@ -359,12 +321,12 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
     };
     // Exit 0 only when the run is over (for the Kubernetes worker Job, a zero exit ends the
     // whole Job): a drained worker exits with its own code, a signalled one with an error.
-    match client::run(opts, executor(a.device)?, shutdown_signal()).await? {
+    match client::run(opts, crate::backend::executor(a.device)?, shutdown_signal()).await? {
         Ended::RunOver => {
             println!("worker done");
             Ok(())
         }
-        Ended::Drained => Err(Ending::Drained.into()),
+        Ended::Drained => Err(Exit::Drained.into()),
         Ended::Shutdown => {
             bail!("stopped by a signal; running jobs were handed back to the coordinator")
         }
@@ -372,13 +334,18 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
 }
 
 /// `hbac local`.
-pub async fn local(mut a: LocalArgs) -> Result<()> {
+pub async fn local(a: LocalArgs) -> Result<()> {
     let out = Store::create(&a.out)?;
+    let mut recipe = Recipe::from(&a.recipe);
     let data = match &a.data {
         Some(d) => d.clone(),
         None => {
-            // The built-in defaults: a synthetic data set and the CPU-sized recipe.
-            a.recipe.quick = true;
+            // The built-in defaults: a synthetic data set, the CPU-sized recipe, 3 folds
+            // unless --k says otherwise.
+            recipe.preset = Preset::Quick;
+            if recipe.kfold.k == 5 {
+                recipe.kfold.k = 3;
+            }
             let dir = out.url("data");
             let store = Store::create(&dir)?;
             if !store.exists("train.csv").await? {
@@ -386,7 +353,7 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
                     patients: a.patients,
                     eeg_files: 1,
                     // Every EEG, carrying its class, when the models look at them.
-                    all_eegs: a.recipe.input.uses_eegs(),
+                    all_eegs: recipe.input.uses_eegs(),
                     concurrency: a.jobs,
                     ..SynthConfig::default()
                 };
@@ -399,70 +366,47 @@ pub async fn local(mut a: LocalArgs) -> Result<()> {
             dir
         }
     };
-    if a.recipe.quick && a.data.is_none() && a.recipe.k == 5 {
-        a.recipe.k = 3;
-    }
     let plan = plan(
         &data,
         &a.cache,
         out.root(),
         &a.schedule.archs,
-        &a.recipe,
+        &recipe,
         a.jobs,
     )?;
-    let token = hbac_coordinator::state::random_hex(32);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let out_root = plan.out.clone();
-    let roots = vec![plan.data.clone(), plan.cache.clone(), plan.out.clone()];
     let jobs = plan.jobs().len();
-    let handle = server::start(
-        Config {
-            plan,
-            settings: a.schedule.settings()?,
-            token: token.clone(),
-            tls: None,
-            http: Some(a.schedule.http(None)),
-            linger: Duration::from_secs(2),
-            id: a.schedule.coordinator_id(),
-        },
-        listener,
-    )
+    let mut cluster = Cluster::start(Config {
+        plan,
+        settings: a.schedule.settings()?,
+        token: hbac_coordinator::state::random_hex(32),
+        tls: None,
+        http: Some(a.schedule.http(None)),
+        linger: Duration::from_secs(2),
+        id: a.schedule.coordinator_id(),
+    })
     .await?;
     println!(
         "hbac local: {jobs} jobs ({} × {} folds) on {} in-process workers, coordinator on {}",
         a.schedule.archs.len(),
-        a.recipe.k,
+        recipe.kfold.k,
         a.workers,
-        handle.addr
+        cluster.coordinator.addr
     );
-    let exec = executor(a.device)?;
+    let exec = crate::backend::executor(a.device)?;
     let shutdown = shutdown_signal();
-    let workers: Vec<_> = (0..a.workers.max(1))
-        .map(|i| {
-            let opts = WorkerOptions {
-                coordinator: format!("http://{}", handle.addr),
-                token: token.clone(),
-                worker_id: format!("{}-{i}", a.worker_id),
-                slots: 1,
-                backend: backend(a.device),
-                tls: None,
-                patience: Duration::from_secs(30),
-                storage_roots: roots.clone(),
-            };
-            tokio::spawn(client::run(opts, exec.clone(), shutdown.clone()))
-        })
-        .collect();
-    if let Some(h) = handle.http_addr {
+    for i in 0..a.workers.max(1) {
+        let opts = cluster.worker_options(&format!("{}-{i}", a.worker_id), wire_backend(a.device));
+        cluster.add_worker(opts, exec.clone(), shutdown.clone());
+    }
+    let http_addr = cluster.coordinator.http_addr;
+    if let Some(h) = http_addr {
         println!("dashboard: http://{h}/");
     }
-    let http_addr = handle.http_addr;
-    let shared = handle.shared.clone();
-    let view = progress_view(move || shared.status());
-    let result = finish(handle, &out_root).await;
+    let shared = cluster.coordinator.shared.clone();
+    let view = progress_view(move || shared.view());
+    let result = finish(cluster.finish().await, &out_root);
     let _ = view.await;
-    for w in workers {
-        let _ = w.await;
-    }
     if let (true, Some(h)) = (a.serve, http_addr) {
         println!("serving the dashboard on http://{h}/ until Ctrl-C");
         let _ = tokio::signal::ctrl_c().await;
@@ -478,10 +422,10 @@ pub async fn report(a: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Endings that are not plain errors: `main` exits with their own code, so that a scheduler
+/// Exits that are not plain errors: `main` exits with their own code, so that a scheduler
 /// (the Kubernetes Jobs' pod failure policies) can tell them from a crash.
 #[derive(Debug)]
-pub enum Ending {
+pub enum Exit {
     /// `hbac worker` was drained; its jobs are done and the run goes on.
     Drained,
     /// The run failed for good: a job failed non-retryably or spent its attempts, or no
@@ -489,29 +433,29 @@ pub enum Ending {
     RunFailed(String),
 }
 
-impl Ending {
+impl Exit {
     /// The process's exit code.
     pub fn code(&self) -> u8 {
         match self {
-            Ending::Drained => crate::cli::DRAINED_EXIT_CODE,
-            Ending::RunFailed(_) => crate::cli::RUN_FAILED_EXIT_CODE,
+            Exit::Drained => crate::cli::DRAINED_EXIT_CODE,
+            Exit::RunFailed(_) => crate::cli::RUN_FAILED_EXIT_CODE,
         }
     }
 }
 
-impl std::fmt::Display for Ending {
+impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Ending::Drained => write!(
+            Exit::Drained => write!(
                 f,
                 "drained: this worker's jobs are done and it takes no new one (the run goes on)"
             ),
-            Ending::RunFailed(why) => write!(f, "error: the run failed: {why}"),
+            Exit::RunFailed(why) => write!(f, "error: the run failed: {why}"),
         }
     }
 }
 
-impl std::error::Error for Ending {}
+impl std::error::Error for Exit {}
 
 /// A token-carrying client for an operator's command.
 fn admin_client(a: &AdminArgs) -> Result<client::Client> {
@@ -569,7 +513,8 @@ pub async fn drain(a: DrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `hbac status`.
+/// `hbac status`: the run's view ([`RunView`], as `GET /api/run` answers it), as JSON or a
+/// line per job.
 pub async fn status(a: StatusArgs) -> Result<()> {
     let s = admin_client(&a.admin)?
         .status(proto::wire::StatusRequest {})
@@ -582,45 +527,33 @@ pub async fn status(a: StatusArgs) -> Result<()> {
             )
         })?
         .into_inner();
+    let v: RunView = serde_json::from_str(&s.run_json).with_context(|| {
+        format!(
+            "coordinator {} sent no readable run view (an older hbac?)",
+            a.admin.coordinator
+        )
+    })?;
     if a.json {
-        let jobs: Vec<serde_json::Value> = s
-            .jobs
-            .iter()
-            .map(|j| {
-                serde_json::json!({
-                    "job": j.job_id, "arch": j.arch, "fold": j.fold, "state": j.phase().label(),
-                    "worker": j.worker, "attempt": j.attempt, "epoch": j.epoch, "epochs": j.epochs,
-                    "train_kl": j.train_kl, "valid_kl": j.valid_kl, "eta_s": j.eta_s,
-                })
-            })
-            .collect();
-        let v = serde_json::json!({
-            "state": s.phase().label(), "error": s.error, "workers": s.workers, "out": s.out_url,
-            "cv_kl": s.cv_kl, "jobs": jobs,
-        });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
         "run {} · {} worker(s) · output {}",
-        s.phase().label(),
-        s.workers,
-        s.out_url
+        v.phase.label(),
+        v.live_workers,
+        v.out
     );
-    if !s.error.is_empty() {
-        println!("error: {}", s.error);
+    if let Some(e) = &v.error {
+        println!("error: {e}");
     }
-    if let Some(cv) = s.cv_kl {
-        println!("cv kaggle kl {cv:.4}: submission.csv, report.json and cv.svg are written");
-    }
-    for j in &s.jobs {
+    if let Some(r) = &v.results {
         println!(
-            "{:28} {:>2}/{:<2} {}",
-            j.job_id,
-            j.epoch,
-            j.epochs,
-            job_line(j)
+            "cv kaggle kl {:.4}: submission.csv, report.json and cv.svg are written",
+            r.cv
         );
+    }
+    for j in &v.jobs {
+        println!("{:28} {:>2}/{:<2} {}", j.id, j.epoch, j.epochs, job_line(j));
     }
     Ok(())
 }

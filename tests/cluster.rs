@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, Flex};
+use hbac::backend::DeviceKind;
+use hbac::local;
 use hbac_common::folds::KFold;
 use hbac_common::hms::tables::parse_prob_csv;
 use hbac_common::preprocess::{LabelMode, SampleSelection};
@@ -20,9 +21,9 @@ use hbac_coordinator::journal::{self, Snapshot};
 use hbac_coordinator::plan::Plan;
 use hbac_coordinator::server::{self, Config, Handle};
 use hbac_coordinator::state::Settings;
+use hbac_coordinator::view::RunView;
 use hbac_worker::client::{self, Ended, WorkerError, WorkerOptions};
 use hbac_worker::executor::Executor;
-use hbac_worker::executor::TrainExecutor;
 use hbac_worker::model::{Arch, ModelConfig};
 use hbac_worker::train::trainer::TrainConfig;
 use tokio::sync::watch;
@@ -77,27 +78,21 @@ fn settings(ttl_ms: u64, grace_ms: u64) -> Settings {
 }
 
 async fn start(plan: Plan, settings: Settings) -> Handle {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    server::start(
-        Config {
-            plan,
-            settings,
-            token: TOKEN.into(),
-            tls: None,
-            http: None,
-            linger: Duration::from_millis(1500),
-            id: "test-coordinator".into(),
-        },
-        listener,
-    )
+    local::start_coordinator(Config {
+        plan,
+        settings,
+        token: TOKEN.into(),
+        tls: None,
+        http: None,
+        linger: Duration::from_millis(1500),
+        id: "test-coordinator".into(),
+    })
     .await
     .unwrap()
 }
 
 fn executor() -> Arc<dyn Executor> {
-    Arc::new(TrainExecutor::<Autodiff<Flex>> {
-        device: Arc::new(|_| Default::default()),
-    })
+    hbac::backend::executor(DeviceKind::Cpu).unwrap()
 }
 
 fn options(addr: &str, id: &str, token: &str) -> WorkerOptions {
@@ -108,18 +103,16 @@ fn options(addr: &str, id: &str, token: &str) -> WorkerOptions {
         slots: 1,
         backend: Backend::Cpu,
         tls: None,
-        patience: Duration::from_secs(20),
+        patience: local::PATIENCE,
         storage_roots: vec![],
     }
 }
 
-fn spawn_worker(addr: &str, id: &str) -> tokio::task::JoinHandle<Result<Ended, WorkerError>> {
-    let (_tx, rx) = watch::channel(false);
-    let opts = options(addr, id, TOKEN);
-    tokio::spawn(async move {
-        let _keep = _tx;
-        client::run(opts, executor(), rx).await
-    })
+fn spawn_worker(addr: &str, id: &str) -> local::WorkerTask {
+    // A shutdown signal that never fires: the sender lives as long as the run.
+    let (tx, rx) = watch::channel(false);
+    std::mem::forget(tx);
+    local::spawn_worker(options(addr, id, TOKEN), executor(), rx)
 }
 
 /// Starts worker "victim", kills it (as a dead process would stop) once it holds a job that
@@ -127,22 +120,22 @@ fn spawn_worker(addr: &str, id: &str) -> tokio::task::JoinHandle<Result<Ended, W
 /// the survivor.
 async fn kill_the_victim(
     handle: &Handle,
-    epochs: u32,
+    epochs: usize,
 ) -> (String, tokio::task::JoinHandle<Result<Ended, WorkerError>>) {
     let addr = format!("http://{}", handle.addr);
     let victim = spawn_worker(&addr, "victim");
     let shared = handle.shared.clone();
-    let held = |s: &wire::StatusResponse| {
+    let held = |s: &RunView| {
         s.jobs
             .iter()
-            .find(|j| j.phase() == JobPhase::Leased && j.worker == "victim" && j.epoch >= epochs)
-            .map(|j| j.job_id.clone())
+            .find(|j| j.phase == JobPhase::Leased && j.worker == "victim" && j.epoch >= epochs)
+            .map(|j| j.id.clone())
     };
     until(120, "the victim to hold a job", || {
-        held(&shared.status()).is_some()
+        held(&shared.view()).is_some()
     })
     .await;
-    let job = held(&shared.status()).expect("held");
+    let job = held(&shared.view()).expect("held");
     victim.abort();
     (job, spawn_worker(&addr, "survivor"))
 }
@@ -197,12 +190,12 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
     let handle = start(plan(&data, &out, 3), settings(5_000, 60_000)).await;
     let addr = format!("http://{}", handle.addr);
     // Before any worker: every job pending, with the epochs its configuration plans.
-    let before = handle.shared.status();
+    let before = handle.shared.view();
     assert!(
         before
             .jobs
             .iter()
-            .all(|j| j.phase() == JobPhase::Pending && j.epochs == 1)
+            .all(|j| j.phase == JobPhase::Pending && j.epochs == 1)
     );
     let workers: Vec<_> = (0..3)
         .map(|i| spawn_worker(&addr, &format!("w{i}")))
@@ -213,17 +206,17 @@ async fn three_workers_run_every_job_once_and_ensemble_the_folds() {
         assert_eq!(w.await.unwrap().unwrap(), Ended::RunOver);
     }
     // The status says finished only with the results written, and shows each job's figures.
-    let status = shared.status();
-    assert_eq!(status.phase(), RunPhase::Finished);
-    assert_eq!(status.cv_kl, Some(report.cv));
+    let status = shared.view();
+    assert_eq!(status.phase, RunPhase::Finished);
+    assert_eq!(status.results.as_ref().map(|r| r.cv), Some(report.cv));
     for j in &status.jobs {
         assert_eq!(
-            (j.phase(), j.epoch, j.epochs),
+            (j.phase, j.epoch, j.epochs),
             (JobPhase::Done, 1, 1),
             "{}",
-            j.job_id
+            j.id
         );
-        assert!(j.train_kl.is_some() && j.valid_kl.is_some(), "{}", j.job_id);
+        assert!(j.train_kl.is_some() && j.valid_kl.is_some(), "{}", j.id);
     }
     // Every job done exactly once, by one attempt.
     let j = journal(&out);
@@ -445,9 +438,9 @@ async fn a_second_coordinator_on_an_owned_run_leases_nothing_and_exits_with_an_e
     );
     // It claimed no generation: the first still owns the run, and all its jobs are pending.
     assert!(!out.join("journal/owner-000002").exists());
-    let status = first.shared.status();
-    assert_eq!(status.phase(), RunPhase::Running);
-    assert!(status.jobs.iter().all(|j| j.phase() == JobPhase::Pending));
+    let status = first.shared.view();
+    assert_eq!(status.phase, RunPhase::Running);
+    assert!(status.jobs.iter().all(|j| j.phase == JobPhase::Pending));
     let latest = journal(&out);
     assert_eq!(
         (latest.owner.id.as_str(), latest.owner.generation),
@@ -574,7 +567,7 @@ async fn a_worker_process_refuses_orders_outside_its_roots_and_invalid_orders() 
     assert!(err.contains("train.augment.mixup_alpha"), "{err}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     // Refused as not retryable: the failing job ran one attempt, not the budget of three.
-    let attempts: Vec<u32> = shared.status().jobs.iter().map(|j| j.attempt).collect();
+    let attempts: Vec<u32> = shared.view().jobs.iter().map(|j| j.attempt).collect();
     assert!(attempts.iter().all(|a| *a <= 1), "{attempts:?}");
 }
 
@@ -727,7 +720,7 @@ async fn sigterm_hands_the_lease_back_and_the_worker_exits_non_zero() {
     let shared = handle.shared.clone();
     let training = || {
         shared
-            .status()
+            .view()
             .jobs
             .iter()
             .any(|j| j.worker == "term" && j.epoch >= 1)
@@ -751,13 +744,13 @@ async fn sigterm_hands_the_lease_back_and_the_worker_exits_non_zero() {
     assert!(!status.success(), "a signalled worker must not exit 0");
     assert!(stderr.contains("handed back"), "{stderr}");
     // The job is pending again at once (the lease has not expired), with its attempt counted.
-    let s = handle.shared.status();
+    let s = handle.shared.view();
     let job = s
         .jobs
         .iter()
         .find(|j| j.attempt == 1)
         .expect("the leased job");
-    assert_eq!(job.phase(), JobPhase::Pending, "{job:?}");
+    assert_eq!(job.phase, JobPhase::Pending, "{job:?}");
     assert_eq!(handle.shared.lock().counters().lease_expiries, 0);
     handle.abort();
 }
@@ -775,7 +768,7 @@ async fn a_drained_worker_finishes_its_job_then_leaves_the_rest_to_others() {
     let drained = spawn_worker(&addr, "drained");
     let shared = handle.shared.clone();
     until(60, "a job leased to the worker", || {
-        shared.status().jobs.iter().any(|j| j.worker == "drained")
+        shared.view().jobs.iter().any(|j| j.worker == "drained")
     })
     .await;
     let mut admin = client::connect(&addr, TOKEN, None).unwrap();

@@ -18,6 +18,7 @@
 //! * [`progress`] — progress bars shared by every long-running command.
 
 pub mod eeg_cache;
+pub mod ensemble;
 pub mod error;
 pub mod folds;
 pub mod hms;

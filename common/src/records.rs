@@ -13,8 +13,14 @@
 //! loss.svg           train/valid KL per epoch
 //! summary.json       JobSummary: best epoch, validation KL, OOF Kaggle KL, prior baseline
 //! ```
+//!
+//! and the run's folder `report.json` ([`RunReport`]), its scores and ensemble weights.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::metric::ClassBreakdown;
 
 use crate::error::{Error, Location, Result};
 
@@ -161,6 +167,54 @@ impl TrainState {
         serde_json::from_slice(bytes)
             .map_err(|e| Error::invalid(Location::file(url), format!("not a training state: {e}")))
     }
+}
+
+/// `report.json`: a finished run's scores and ensemble weights, written by the coordinator's
+/// aggregation, read by `hbac predict --run`, `hbac export --run` and the dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Kaggle KL of every out-of-fold prediction of each architecture.
+    pub cv_by_arch: BTreeMap<String, f64>,
+    /// Per architecture, the folds' out-of-fold KL in fold order.
+    pub folds_by_arch: BTreeMap<String, Vec<f64>>,
+    /// Ensemble weights (same order as `archs`) and the blended out-of-fold KL.
+    pub archs: Vec<String>,
+    pub weights: Vec<f64>,
+    pub cv: f64,
+    /// Rows scored out of fold.
+    pub oof_rows: usize,
+    /// `submission.csv` rows (0 without a test set).
+    pub test_rows: usize,
+    pub jobs: Vec<JobLine>,
+    /// Per class, out of fold: each architecture's and the ensemble's (key `ensemble`) share
+    /// of the KL per class and confusion matrix against `expert_consensus` (absent from
+    /// reports of older hbac versions).
+    #[serde(default)]
+    pub per_class: BTreeMap<String, ClassBreakdown>,
+    /// The out-of-fold Kaggle KL scored per `eeg_id` instead of per row: each recording's rows'
+    /// predictions averaged, against their votes summed (per architecture, and `ensemble`).
+    /// Top HMS solutions validated this way; absent from reports of older hbac versions.
+    #[serde(default)]
+    pub cv_per_eeg: BTreeMap<String, f64>,
+}
+
+/// The key of the blended predictions in [`RunReport::per_class`].
+pub const ENSEMBLE: &str = "ensemble";
+
+/// One job's line in [`RunReport::jobs`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobLine {
+    pub job: String,
+    pub arch: String,
+    pub fold: usize,
+    pub worker: String,
+    pub attempt: u32,
+    pub out: String,
+    pub oof_kl: f64,
+    /// Kaggle KL of predicting the training folds' mean target on this fold: the baseline a
+    /// model must beat (absent from reports of older hbac versions).
+    #[serde(default)]
+    pub prior_kl: Option<f64>,
 }
 
 #[cfg(test)]

@@ -6,67 +6,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use hbac_common::ensemble::{TestEnsemble, blend};
 use hbac_common::error::Location;
 use hbac_common::hms::tables::{self, ProbRow};
 use hbac_common::hms::{N_CLASSES, VOTE_COLUMNS};
-use hbac_common::metric::{self, ClassBreakdown};
+use hbac_common::metric;
 use hbac_common::plot::cv_svg;
-use hbac_common::records::{self, JobSummary};
+use hbac_common::records::{self, ENSEMBLE, JobLine, JobSummary, RunReport};
 use hbac_common::storage::Store;
 use hbac_common::{Error, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::jobs::{JobDef, JobResult};
 use crate::plan::Plan;
 
 /// Step of the grid the architecture weights are searched on.
 const WEIGHT_STEP: f64 = 0.05;
-
-/// `report.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    /// Kaggle KL of every out-of-fold prediction of each architecture.
-    pub cv_by_arch: BTreeMap<String, f64>,
-    /// Per architecture, the folds' out-of-fold KL in fold order.
-    pub folds_by_arch: BTreeMap<String, Vec<f64>>,
-    /// Ensemble weights (same order as `archs`) and the blended out-of-fold KL.
-    pub archs: Vec<String>,
-    pub weights: Vec<f64>,
-    pub cv: f64,
-    /// Rows scored out of fold.
-    pub oof_rows: usize,
-    /// `submission.csv` rows (0 without a test set).
-    pub test_rows: usize,
-    pub jobs: Vec<JobLine>,
-    /// Per class, out of fold: each architecture's and the ensemble's (key `ensemble`) share
-    /// of the KL per class and confusion matrix against `expert_consensus` (absent from
-    /// reports of older hbac versions).
-    #[serde(default)]
-    pub per_class: BTreeMap<String, ClassBreakdown>,
-    /// The out-of-fold Kaggle KL scored per `eeg_id` instead of per row: each recording's rows'
-    /// predictions averaged, against their votes summed (per architecture, and `ensemble`).
-    /// Top HMS solutions validated this way; absent from reports of older hbac versions.
-    #[serde(default)]
-    pub cv_per_eeg: BTreeMap<String, f64>,
-}
-
-/// The key of the blended predictions in [`Report::per_class`].
-pub const ENSEMBLE: &str = "ensemble";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobLine {
-    pub job: String,
-    pub arch: String,
-    pub fold: usize,
-    pub worker: String,
-    pub attempt: u32,
-    pub out: String,
-    pub oof_kl: f64,
-    /// Kaggle KL of predicting the training folds' mean target on this fold: the baseline a
-    /// model must beat (absent from reports of older hbac versions).
-    #[serde(default)]
-    pub prior_kl: Option<f64>,
-}
 
 /// Out-of-fold predictions of one job, keyed by `label_id`, with the fold.
 fn parse_oof(bytes: &[u8], file: &str) -> Result<Vec<(i64, [f64; N_CLASSES], i64)>> {
@@ -104,112 +58,6 @@ fn parse_oof(bytes: &[u8], file: &str) -> Result<Vec<(i64, [f64; N_CLASSES], i64
     Ok(rows)
 }
 
-fn blend(parts: &[&[f64; N_CLASSES]], weights: &[f64]) -> [f64; N_CLASSES] {
-    let mut out = [0.0; N_CLASSES];
-    for (p, w) in parts.iter().zip(weights) {
-        for k in 0..N_CLASSES {
-            out[k] += w * p[k];
-        }
-    }
-    let sum: f64 = out.iter().sum();
-    out.map(|v| v / sum)
-}
-
-/// Test predictions of a run's jobs gathered into its ensemble: per architecture the mean of
-/// its folds' rows (by `eeg_id`), then the architectures blended with the run's weights. The
-/// run's aggregation and `hbac predict --run` both build `submission.csv` with it.
-#[derive(Debug, Clone)]
-pub struct TestEnsemble {
-    archs: Vec<String>,
-    /// Per architecture: eeg_id → (sum of the folds' probabilities, folds).
-    sums: Vec<BTreeMap<i64, ([f64; N_CLASSES], usize)>>,
-}
-
-impl TestEnsemble {
-    /// An empty ensemble of `archs` (the order of the blend weights).
-    pub fn new(archs: &[String]) -> Self {
-        Self {
-            archs: archs.to_vec(),
-            sums: vec![BTreeMap::new(); archs.len()],
-        }
-    }
-
-    /// Adds one job's test predictions to its architecture (`arch`, an index into `archs`).
-    pub fn add(&mut self, arch: usize, rows: &[ProbRow]) {
-        for row in rows {
-            let e = self.sums[arch]
-                .entry(row.eeg_id)
-                .or_insert(([0.0; N_CLASSES], 0));
-            for k in 0..N_CLASSES {
-                e.0[k] += row.values[k];
-            }
-            e.1 += 1;
-        }
-    }
-
-    /// Whether every architecture has test predictions.
-    pub fn is_complete(&self) -> bool {
-        self.sums.iter().all(|m| !m.is_empty())
-    }
-
-    /// Per architecture, the mean of its folds' predictions (`submission-<arch>.csv`).
-    pub fn per_arch(&self) -> Vec<Vec<ProbRow>> {
-        self.sums
-            .iter()
-            .map(|m| {
-                m.iter()
-                    .map(|(id, (s, n))| ProbRow {
-                        eeg_id: *id,
-                        values: s.map(|v| v / *n as f64),
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// The blend (`submission.csv`). Every architecture must have predicted the same rows (a
-    /// job's predictions of another data set, or cut short, would otherwise blend nothing into
-    /// a row): an error names the eeg_id and, through `file`, where the lacking architecture's
-    /// predictions are.
-    pub fn blend(&self, weights: &[f64], file: impl Fn(&str) -> String) -> Result<Vec<ProbRow>> {
-        let means = self.per_arch();
-        let ids: Vec<BTreeMap<i64, &[f64; N_CLASSES]>> = means
-            .iter()
-            .map(|rows| rows.iter().map(|r| (r.eeg_id, &r.values)).collect())
-            .collect();
-        for (a, m) in ids.iter().enumerate().skip(1) {
-            let differ = ids[0]
-                .keys()
-                .find(|id| !m.contains_key(id))
-                .map(|id| (id, &self.archs[0], &self.archs[a]))
-                .or_else(|| {
-                    m.keys()
-                        .find(|id| !ids[0].contains_key(id))
-                        .map(|id| (id, &self.archs[a], &self.archs[0]))
-                });
-            if let Some((id, has, lacks)) = differ {
-                return Err(Error::invalid(
-                    Location::file(file(lacks)),
-                    format!(
-                        "the architectures' test predictions differ: eeg_id {id} is predicted \
-                         by {has} but not by {lacks}"
-                    ),
-                ));
-            }
-        }
-        Ok(ids[0]
-            .keys()
-            .map(|id| {
-                let parts: Vec<&[f64; N_CLASSES]> = ids.iter().map(|m| m[id]).collect();
-                ProbRow {
-                    eeg_id: *id,
-                    values: blend(&parts, weights),
-                }
-            })
-            .collect())
-    }
-}
-
 /// Every weight vector on the simplex grid for `n` architectures.
 fn weight_grid(n: usize) -> Vec<Vec<f64>> {
     let steps = (1.0 / WEIGHT_STEP).round() as usize;
@@ -239,7 +87,7 @@ pub async fn aggregate(
     jobs: &[JobDef],
     done: &HashMap<String, JobResult>,
     out: &Store,
-) -> Result<Report> {
+) -> Result<RunReport> {
     let data = Store::open(&plan.data)?;
     let train_url = data.url("train.csv");
     let rows = tables::parse_train_csv(&data.get("train.csv").await?, &train_url)?;
@@ -385,7 +233,7 @@ pub async fn aggregate(
         .map(|a| plan.train(a).and_then(records::stage1_epochs))
         .collect();
     out.put("cv.svg", cv_svg(&archs, &curves, &stage1)).await?;
-    let report = Report {
+    let report = RunReport {
         cv_by_arch,
         folds_by_arch,
         archs,

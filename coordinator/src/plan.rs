@@ -4,6 +4,7 @@
 use hbac_common::folds::KFold;
 use hbac_common::preprocess::{LabelMode, SampleSelection};
 use hbac_common::proto::JobOrder;
+use hbac_common::storage::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::jobs::{JobDef, Saved};
@@ -22,7 +23,69 @@ pub struct Plan {
     pub io_concurrency: usize,
 }
 
+/// Where a run reads and writes, as a user names them.
+#[derive(Debug, Clone)]
+pub struct Locations {
+    /// The data set (Kaggle's files).
+    pub data: String,
+    /// The shared cache of converted inputs [default: the data set's `cache/`].
+    pub cache: Option<String>,
+    /// The run's folder, created if missing.
+    pub out: String,
+}
+
+/// A plan that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Storage(#[from] hbac_common::Error),
+    #[error("the plan names no architecture")]
+    NoArchitecture,
+    #[error("architecture {0} is named twice")]
+    Duplicate(String),
+    #[error("k = {0}: a split needs at least 2 folds")]
+    Folds(usize),
+}
+
 impl Plan {
+    /// The plan of a run: `archs` are `(architecture, its training configuration as JSON)`
+    /// in report order; the URLs are normalised and the output folder created.
+    pub fn new(
+        at: &Locations,
+        kfold: KFold,
+        selection: SampleSelection,
+        labels: LabelMode,
+        archs: Vec<(String, serde_json::Value)>,
+        io_concurrency: usize,
+    ) -> Result<Plan, PlanError> {
+        if archs.is_empty() {
+            return Err(PlanError::NoArchitecture);
+        }
+        for (i, (arch, _)) in archs.iter().enumerate() {
+            if archs[..i].iter().any(|(a, _)| a == arch) {
+                return Err(PlanError::Duplicate(arch.clone()));
+            }
+        }
+        if kfold.k < 2 {
+            return Err(PlanError::Folds(kfold.k));
+        }
+        let data = Store::open(&at.data)?;
+        let cache = match &at.cache {
+            Some(c) => c.clone(),
+            None => data.url("cache"),
+        };
+        Ok(Plan {
+            data: data.root().to_string(),
+            cache,
+            out: Store::create(&at.out)?.root().to_string(),
+            kfold,
+            selection,
+            labels,
+            archs,
+            io_concurrency,
+        })
+    }
+
     /// Every job, architecture-major.
     pub fn jobs(&self) -> Vec<JobDef> {
         self.archs
@@ -113,5 +176,60 @@ pub(crate) fn test_plan(out: &str, arch: &str, config: serde_json::Value) -> Pla
         labels: Default::default(),
         archs: vec![(arch.into(), config)],
         io_concurrency: 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(archs: &[&str], k: usize, out: &std::path::Path) -> Result<Plan, PlanError> {
+        let at = Locations {
+            data: out.join("data").display().to_string(),
+            cache: None,
+            out: out.join("run").display().to_string(),
+        };
+        let kfold = KFold {
+            k,
+            shuffle: true,
+            seed: Some(42),
+        };
+        let archs = archs
+            .iter()
+            .map(|a| (a.to_string(), serde_json::json!({"epochs": 2})))
+            .collect();
+        Plan::new(
+            &at,
+            kfold,
+            SampleSelection::AllRows,
+            LabelMode::Votes,
+            archs,
+            4,
+        )
+    }
+
+    #[test]
+    fn a_plan_normalises_its_urls_and_refuses_what_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = plan(&["a"], 3, dir.path()).unwrap_err();
+        assert!(
+            matches!(e, PlanError::Storage(_)) && e.to_string().contains("data"),
+            "a missing data set is named: {e}"
+        );
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let p = plan(&["a", "b"], 3, dir.path()).unwrap();
+        assert_eq!(p.jobs().len(), 6);
+        assert!(p.cache.ends_with("/data/cache"), "{}", p.cache);
+        assert!(
+            dir.path().join("run").is_dir(),
+            "the output folder is created"
+        );
+        assert_eq!(p.epochs("a"), Some(2));
+        let e = plan(&[], 3, dir.path()).unwrap_err();
+        assert!(matches!(e, PlanError::NoArchitecture), "{e}");
+        let e = plan(&["a", "a"], 3, dir.path()).unwrap_err();
+        assert_eq!(e.to_string(), "architecture a is named twice");
+        let e = plan(&["a"], 1, dir.path()).unwrap_err();
+        assert!(matches!(e, PlanError::Folds(1)), "{e}");
     }
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use hbac_common::storage::Store;
 use hbac_common::{Error, Result};
 
-use crate::aggregate::Report;
 use crate::http::{APP_JS, INDEX_HTML, STYLE_CSS};
 use crate::journal;
 use crate::state::{Settings, State};
 use crate::view::RunView;
+use hbac_common::records::RunReport;
 
 /// What the page of a file with no server behind it may load: nothing but itself.
 const STATIC_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; base-uri 'none'; form-action 'none'";
@@ -39,7 +39,7 @@ pub async fn view(out: &Store) -> Result<RunView> {
     let now = Instant::now();
     let state = State::new(snap.plan.jobs(), &snap.jobs, snap.drained, settings, now);
     let results = match out.get("report.json").await {
-        Ok(bytes) => Some(serde_json::from_slice::<Report>(&bytes).map_err(|e| {
+        Ok(bytes) => Some(serde_json::from_slice::<RunReport>(&bytes).map_err(|e| {
             Error::invalid(
                 hbac_common::error::Location::file(out.url("report.json")),
                 format!("not an hbac report: {e}"),

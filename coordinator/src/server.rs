@@ -18,7 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
 use tracing::{error, info, warn};
 
-use crate::aggregate::{Report, aggregate};
+use crate::aggregate::aggregate;
 use crate::error::RunError;
 use crate::http::{self, HttpConfig};
 use crate::journal::{Journal, JournalError};
@@ -26,6 +26,7 @@ use crate::plan::Plan;
 use crate::service::{Service, check_token, tick_period};
 use crate::shared::Shared;
 use crate::state::{RunState, Settings, State};
+use hbac_common::records::RunReport;
 
 /// A coordinator's settings.
 #[derive(Clone)]
@@ -58,13 +59,13 @@ pub struct Handle {
     /// Where it serves the dashboard and metrics, if asked to.
     pub http_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
-    task: JoinHandle<Result<Report, RunError>>,
+    task: JoinHandle<Result<RunReport, RunError>>,
     serving: tokio::task::AbortHandle,
 }
 
 impl Handle {
     /// Waits for the run to end: the report, or why it failed.
-    pub async fn wait(self) -> Result<Report, RunError> {
+    pub async fn wait(self) -> Result<RunReport, RunError> {
         match self.task.await {
             Ok(r) => r,
             Err(e) => Err(RunError::Failed(format!("coordinator task: {e}"))),
@@ -221,7 +222,7 @@ where
 /// Applies deadlines and keeps the journal current (at least every third of the owner
 /// lifetime, which renews the claim) until every job is done or the run fails, then aggregates
 /// and releases the run.
-async fn drive(shared: &Arc<Shared>, cfg: &Config) -> Result<Report, RunError> {
+async fn drive(shared: &Arc<Shared>, cfg: &Config) -> Result<RunReport, RunError> {
     let period = tick_period(cfg.settings.lease_ttl);
     let renew = cfg.owner_lifetime() / 3;
     loop {

@@ -23,6 +23,7 @@ use crate::jobs::JobResult;
 use crate::journal::JournalError;
 use crate::shared::Shared;
 use crate::state::{Ending, LeaseOutcome, Refusal};
+use crate::view::RunView;
 
 /// The folder of a reported attempt if its summary is there, or why not (a result is
 /// accepted only with its files in place); storage trouble is UNAVAILABLE, for a retry.
@@ -318,7 +319,7 @@ impl Coordinator for Service {
         &self,
         _req: Request<wire::StatusRequest>,
     ) -> Result<Response<wire::StatusResponse>, Status> {
-        Ok(Response::new(self.0.status()))
+        Ok(Response::new(status(self.0.view())))
     }
 
     async fn drain(
@@ -344,6 +345,37 @@ impl Coordinator for Service {
 /// How long the run loop sleeps between deadline checks.
 pub fn tick_period(lease_ttl: Duration) -> Duration {
     (lease_ttl / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
+}
+
+/// The run on the wire for `Status`: a summary in typed fields, and the whole [`RunView`] as
+/// JSON (`run_json`), which `hbac status` reads.
+fn status(v: RunView) -> wire::StatusResponse {
+    let run_json = serde_json::to_string(&v).unwrap_or_default();
+    wire::StatusResponse {
+        phase: v.phase.into(),
+        error: v.error.unwrap_or_default(),
+        workers: v.live_workers as u32,
+        out_url: v.out,
+        cv_kl: v.results.as_ref().map(|r| r.cv),
+        jobs: v
+            .jobs
+            .into_iter()
+            .map(|j| wire::JobStatus {
+                phase: j.phase.into(),
+                job_id: j.id,
+                arch: j.arch,
+                fold: j.fold as u32,
+                worker: j.worker,
+                attempt: j.attempt,
+                epoch: j.epoch as u32,
+                epochs: j.epochs as u32,
+                train_kl: j.train_kl,
+                valid_kl: j.valid_kl,
+                eta_s: j.eta_s,
+            })
+            .collect(),
+        run_json,
+    }
 }
 
 #[cfg(test)]

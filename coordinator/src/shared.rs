@@ -6,16 +6,15 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hbac_common::proto::wire;
 use hbac_common::storage::Store;
 use tokio::time::Instant;
 
-use crate::aggregate::Report;
 use crate::jobs::JobDef;
 use crate::journal::{Journal, JournalError};
 use crate::plan::Plan;
 use crate::state::State;
 use crate::view::RunView;
+use hbac_common::records::RunReport;
 
 /// What the service and the run loop share.
 pub struct Shared {
@@ -33,7 +32,7 @@ pub struct Shared {
     pub changed: tokio::sync::Notify,
     /// The run's results, set once they are written: until then a run whose jobs are all done
     /// is "aggregating", not "finished".
-    pub report: std::sync::OnceLock<Report>,
+    pub report: std::sync::OnceLock<RunReport>,
 }
 
 struct Committed {
@@ -144,35 +143,6 @@ impl Shared {
             self.report.get(),
             Instant::now().into_std(),
         )
-    }
-
-    /// The run as `hbac status` and the progress view show it: [`Shared::view`] on the wire.
-    pub fn status(&self) -> wire::StatusResponse {
-        let v = self.view();
-        wire::StatusResponse {
-            phase: v.phase.into(),
-            error: v.error.clone().unwrap_or_default(),
-            workers: v.live_workers as u32,
-            out_url: v.out.clone(),
-            cv_kl: v.results.as_ref().map(|r| r.cv),
-            jobs: v
-                .jobs
-                .into_iter()
-                .map(|j| wire::JobStatus {
-                    phase: j.phase.into(),
-                    job_id: j.id,
-                    arch: j.arch,
-                    fold: j.fold as u32,
-                    worker: j.worker,
-                    attempt: j.attempt,
-                    epoch: j.epoch as u32,
-                    epochs: j.epochs as u32,
-                    train_kl: j.train_kl,
-                    valid_kl: j.valid_kl,
-                    eta_s: j.eta_s,
-                })
-                .collect(),
-        }
     }
 }
 

@@ -13,9 +13,9 @@ use hbac_common::proto::wire::{JobPhase, RunPhase};
 use hbac_common::records::{self, EpochReport, JobSummary};
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::Report;
 use crate::plan::Plan;
 use crate::state::{Job, JobState, Progress, State};
+use hbac_common::records::RunReport;
 
 /// The version of the JSON layout.
 pub const FORMAT: u32 = 1;
@@ -42,7 +42,7 @@ pub struct RunView {
     /// Workers heard from within a lease lifetime.
     pub live_workers: usize,
     /// The run's results (`report.json`) once it is finished.
-    pub results: Option<Report>,
+    pub results: Option<RunReport>,
     /// The run's own files (relative to `out`), once written.
     pub files: Vec<String>,
 }
@@ -114,7 +114,7 @@ impl RunView {
         state: &State,
         plan: &Plan,
         out: &str,
-        results: Option<&Report>,
+        results: Option<&RunReport>,
         now: Instant,
     ) -> Self {
         let (phase, error) = phase(state, results.is_some());

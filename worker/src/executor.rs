@@ -64,9 +64,9 @@ pub struct TrainExecutor<B: TrainBackend> {
     pub device: Arc<dyn Fn(usize) -> B::Device + Send + Sync>,
 }
 
-struct Forward(Events);
+struct EventHooks(Events);
 
-impl TrainHooks for Forward {
+impl TrainHooks for EventHooks {
     fn batch(&mut self, epoch: usize, done: usize, _total: usize) {
         self.0.at(epoch, done);
     }
@@ -125,7 +125,7 @@ impl<B: TrainBackend> Executor for TrainExecutor<B> {
         Box::pin(async move {
             let run = async {
                 let spec = spec(order).await?;
-                job::run::<B>(&spec, device, Forward(events)).await
+                job::run::<B>(&spec, device, EventHooks(events)).await
             };
             match run.await {
                 Ok(summary) => Ok(serde_json::to_string(&summary).expect("serialisable")),

@@ -29,7 +29,7 @@ use crate::model::Model;
 use crate::model::pretrained::Pretrained;
 use crate::train::data::WindowSet;
 use crate::train::trainer::{
-    EpochReport, Snapshot, TrainConfig, TrainHooks, TrainState, decode, encode, evaluate, train,
+    EncodedState, EpochReport, TrainConfig, TrainHooks, TrainState, decode, encode, evaluate, train,
 };
 
 /// What to train and where everything lives.
@@ -286,7 +286,7 @@ pub async fn run<B: TrainBackend>(
             fn wants_checkpoints(&self) -> bool {
                 true
             }
-            fn checkpoint(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+            fn checkpoint(&mut self, s: &EncodedState) -> Result<(), TrainError> {
                 self.handle.block_on(save_state(&self.out, s))?;
                 Ok(())
             }
@@ -305,15 +305,15 @@ pub async fn run<B: TrainBackend>(
             }
         }
         /// Lends the hooks to the trainer while keeping them here.
-        struct Forward<'a, H>(&'a mut H);
-        impl<H: TrainHooks> TrainHooks for Forward<'_, H> {
+        struct Lend<'a, H>(&'a mut H);
+        impl<H: TrainHooks> TrainHooks for Lend<'_, H> {
             fn batch(&mut self, e: usize, d: usize, t: usize) {
                 self.0.batch(e, d, t)
             }
             fn wants_checkpoints(&self) -> bool {
                 self.0.wants_checkpoints()
             }
-            fn checkpoint(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+            fn checkpoint(&mut self, s: &EncodedState) -> Result<(), TrainError> {
                 self.0.checkpoint(s)
             }
             fn epoch(&mut self, r: &EpochReport) {
@@ -341,7 +341,7 @@ pub async fn run<B: TrainBackend>(
             init.as_ref(),
             resume,
             &device,
-            Forward(&mut publish),
+            Lend(&mut publish),
         )?;
         if let Some(e) = publish.error {
             return Err(e.into());
@@ -465,7 +465,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 /// Saves `s` under `out/state/epoch-NNNN/`, `state.json` last (a folder without it is never
 /// resumed from), then drops the state two epochs older (the previous one stays until this
 /// one's epoch has surely been reported).
-async fn save_state(out: &Store, s: &Snapshot) -> hbac_common::Result<()> {
+async fn save_state(out: &Store, s: &EncodedState) -> hbac_common::Result<()> {
     let dir = out.sub(&records::state_dir(s.state.epochs));
     dir.put(TrainState::MODEL, s.model.clone()).await?;
     dir.put(TrainState::OPTIMIZER, s.optimizer.clone()).await?;
@@ -486,7 +486,7 @@ async fn save_state(out: &Store, s: &Snapshot) -> hbac_common::Result<()> {
 }
 
 /// The latest complete training state saved in an attempt's folder `dir`, if any.
-pub async fn latest_state(dir: &Store) -> Result<Option<Snapshot>, TrainError> {
+pub async fn latest_state(dir: &Store) -> Result<Option<EncodedState>, TrainError> {
     let mut epochs: Vec<usize> = dir
         .list("state")
         .await?
@@ -514,7 +514,7 @@ pub async fn latest_state(dir: &Store) -> Result<Option<Snapshot>, TrainError> {
             state.epochs
         )));
     }
-    Ok(Some(Snapshot {
+    Ok(Some(EncodedState {
         state,
         model: d.get(TrainState::MODEL).await?.to_vec(),
         optimizer: d.get(TrainState::OPTIMIZER).await?.to_vec(),

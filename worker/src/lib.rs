@@ -9,10 +9,12 @@
 //! * [`train`] — the reference training recipe (loss, schedule, augmentations, loader, loop);
 //! * [`job`] — one (architecture, fold) job end to end, with every output published;
 //! * [`client`] — the worker loop (register, lease, heartbeat, metrics, report);
-//! * [`executor`] — leased orders run through [`job`].
+//! * [`executor`] — leased orders run through [`job`];
+//! * [`finished`] — a finished run's ensemble on new data, and its models as ONNX.
 
 pub mod client;
 pub mod executor;
+pub mod finished;
 pub mod job;
 pub mod model;
 pub mod ops;

@@ -276,7 +276,7 @@ async fn run_workers(k: usize, workers: usize, d: Duration) -> f64 {
             })
         })
         .collect();
-    while shared.status().phase() == wire::RunPhase::Running {
+    while shared.view().phase == wire::RunPhase::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let wall = t0.elapsed().as_secs_f64();

@@ -190,13 +190,14 @@ impl Store {
 
     /// Reads the single object at `url` (a local path or any supported URL).
     pub async fn read_url(url: &str) -> Result<Bytes> {
-        let url = url.trim_end_matches('/');
-        let (parent, name) = match url.rsplit_once('/') {
-            Some((p, n)) if !p.is_empty() && !p.ends_with(':') && !p.ends_with("//") => (p, n),
-            Some(("", n)) => ("/", n),
-            _ => (".", url),
-        };
-        Self::open(parent)?.get(name).await
+        let (parent, name) = parent_and_name(url)?;
+        Self::open(&parent)?.get(&name).await
+    }
+
+    /// Writes the single object at `url` atomically, creating a local parent folder.
+    pub async fn write_url(url: &str, bytes: impl Into<Bytes>) -> Result<()> {
+        let (parent, name) = parent_and_name(url)?;
+        Self::create(&parent)?.put(&name, bytes).await
     }
 
     /// Writes a whole object atomically: readers see the old object, nothing, or all of it.
@@ -435,9 +436,46 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Splits a file's URL (or local path) into its folder's root and the file's name:
+/// `s3://b/x/f.csv` → (`s3://b/x`, `f.csv`), `f.csv` → (`.`, `f.csv`), `/f` → (`/`, `f`).
+pub fn parent_and_name(url: &str) -> Result<(String, String)> {
+    let trimmed = url.trim_end_matches('/');
+    if let Some((scheme, rest)) = trimmed.split_once("://") {
+        return match rest.rsplit_once('/') {
+            Some((parent, name)) if !parent.is_empty() => {
+                Ok((format!("{scheme}://{parent}"), name.to_string()))
+            }
+            _ => Err(Error::BadUrl {
+                url: url.to_string(),
+                reason: "it names a bucket or root, not a file".into(),
+            }),
+        };
+    }
+    Ok(match trimmed.rsplit_once('/') {
+        Some(("", name)) => ("/".to_string(), name.to_string()),
+        Some((parent, name)) => (parent.to_string(), name.to_string()),
+        None => (".".to_string(), trimmed.to_string()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_urls_split_into_root_and_name() {
+        let p = |u: &str| parent_and_name(u).unwrap();
+        assert_eq!(p("train.csv"), (".".into(), "train.csv".into()));
+        assert_eq!(p("data/train.csv"), ("data".into(), "train.csv".into()));
+        assert_eq!(p("/train.csv"), ("/".into(), "train.csv".into()));
+        assert_eq!(
+            p("s3://b/x/train.csv"),
+            ("s3://b/x".into(), "train.csv".into())
+        );
+        assert_eq!(p("s3://b/train.csv"), ("s3://b".into(), "train.csv".into()));
+        assert!(parent_and_name("s3://bucket").is_err());
+        assert!(parent_and_name("s3://bucket/").is_err());
+    }
 
     /// The same checks against every backend reachable without a server.
     async fn conformance(s: Store) {

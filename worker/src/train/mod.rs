@@ -4,5 +4,6 @@ pub mod augment;
 pub mod bench;
 pub mod data;
 pub mod loss;
+pub mod recipe;
 pub mod schedule;
 pub mod trainer;

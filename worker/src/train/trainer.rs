@@ -290,7 +290,7 @@ pub trait TrainHooks {
     }
     /// The full training state after an epoch, before that epoch's [`TrainHooks::epoch`]:
     /// a run resumed from it continues exactly as this one does. An error stops training.
-    fn checkpoint(&mut self, _snapshot: &Snapshot) -> Result<(), TrainError> {
+    fn checkpoint(&mut self, _snapshot: &EncodedState) -> Result<(), TrainError> {
         Ok(())
     }
     /// Whether to stop now (checked before every batch): the run ends with
@@ -334,7 +334,7 @@ fn batches(order: &[usize], size: usize) -> Vec<Vec<usize>> {
 /// The full training state after some epochs, encoded on the host (burn named MessagePack,
 /// full precision, so a resume is bit-exact): see [`TrainState`] for what each part is.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Snapshot {
+pub struct EncodedState {
     pub state: TrainState,
     pub model: Vec<u8>,
     pub optimizer: Vec<u8>,
@@ -403,7 +403,7 @@ fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
 
 /// Trains `cfg.model` on `train`, validating on `valid` after every epoch; `hooks` see progress,
 /// each epoch's full state (when they ask for it) and its report, in that order. The model
-/// starts from `resume` when given (a [`Snapshot`] of this configuration: the run continues
+/// starts from `resume` when given (a [`EncodedState`] of this configuration: the run continues
 /// bit-identically), else from seeded weights with the backbone from `init` (the weights
 /// `cfg.pretrained` names). Deterministic for a given seed and backend.
 pub fn train<B: TrainBackend>(
@@ -411,7 +411,7 @@ pub fn train<B: TrainBackend>(
     train: Arc<WindowSet>,
     valid: Option<Arc<WindowSet>>,
     init: Option<&Pretrained>,
-    resume: Option<Snapshot>,
+    resume: Option<EncodedState>,
     device: &B::Device,
     hooks: impl TrainHooks,
 ) -> Result<Trained<B::InnerBackend>, TrainError> {
@@ -469,7 +469,7 @@ impl<B: TrainBackend> Run<'_, B> {
         &self,
         mut model: Model<B>,
         new_optim: impl Fn() -> O,
-        resume: Option<Snapshot>,
+        resume: Option<EncodedState>,
         mut hooks: impl TrainHooks,
     ) -> Result<Trained<B::InnerBackend>, TrainError> {
         let (cfg, device) = (self.cfg, self.device);
@@ -588,7 +588,7 @@ impl<B: TrainBackend> Run<'_, B> {
             });
             if hooks.wants_checkpoints() {
                 let (score, best_epoch, kept) = best.as_ref().expect("an epoch ran");
-                let snapshot = Snapshot {
+                let snapshot = EncodedState {
                     state: TrainState {
                         epochs: epoch + 1,
                         history: history.clone(),
@@ -758,7 +758,7 @@ mod tests {
 
     /// Keeps every snapshot; asks to stop once it holds `stop_after`.
     struct Keep {
-        snaps: Vec<Snapshot>,
+        snaps: Vec<EncodedState>,
         stop_after: usize,
     }
 
@@ -766,7 +766,7 @@ mod tests {
         fn wants_checkpoints(&self) -> bool {
             true
         }
-        fn checkpoint(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+        fn checkpoint(&mut self, s: &EncodedState) -> Result<(), TrainError> {
             self.snaps.push(s.clone());
             Ok(())
         }
@@ -796,7 +796,7 @@ mod tests {
     /// and every value of the weights and of the best weights. (Byte-level records differ in
     /// burn's random BatchNorm-statistics ids; the optimizer moments show in the weights of
     /// every later epoch.)
-    fn timeless(s: Snapshot, cfg: &TrainConfig) -> (TrainState, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    fn timeless(s: EncodedState, cfg: &TrainConfig) -> (TrainState, Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let mut state = s.state;
         for r in &mut state.history {
             (r.seconds, r.samples_per_second) = (0.0, 0.0);
@@ -833,7 +833,7 @@ mod tests {
         let device = Default::default();
         let total = cfg.total_epochs();
         let cfg = cfg.clone();
-        let run = |resume: Option<Snapshot>, keep: &mut Keep| {
+        let run = |resume: Option<EncodedState>, keep: &mut Keep| {
             train::<B>(
                 &cfg,
                 set.clone(),
@@ -938,7 +938,7 @@ mod tests {
             fn wants_checkpoints(&self) -> bool {
                 true
             }
-            fn checkpoint(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+            fn checkpoint(&mut self, s: &EncodedState) -> Result<(), TrainError> {
                 self.0.snaps.push(s.clone());
                 Ok(())
             }

@@ -264,6 +264,53 @@ fn add_assign(dst: &mut [f32], src: &[f32]) {
 // ---------------------------------------------------------------------------------------------
 // Depthwise convolutions.
 
+/// `$body` with `$sp` bound to a [`Split`] whose kernel size and stride are constants in the
+/// layers' common cases (3 or 5, stride 1 or 2): one copy of `$body` per case, so the inlined
+/// loops unroll for each; any other geometry runs the generic copy.
+macro_rules! specialised {
+    ($split:expr, |$sp:ident| $body:expr) => {{
+        let split: Split = $split;
+        match (split.k, split.s) {
+            (3, 1) => {
+                let $sp = Split {
+                    k: 3,
+                    s: 1,
+                    ..split
+                };
+                $body
+            }
+            (3, 2) => {
+                let $sp = Split {
+                    k: 3,
+                    s: 2,
+                    ..split
+                };
+                $body
+            }
+            (5, 1) => {
+                let $sp = Split {
+                    k: 5,
+                    s: 1,
+                    ..split
+                };
+                $body
+            }
+            (5, 2) => {
+                let $sp = Split {
+                    k: 5,
+                    s: 2,
+                    ..split
+                };
+                $body
+            }
+            _ => {
+                let $sp = split;
+                $body
+            }
+        }
+    }};
+}
+
 /// A zero-padded plane whose columns are split by phase: padded column `c` lives at
 /// `(c mod s) · half + c / s` of its row, so the inputs of output columns `0..Wo` for tap `kw`
 /// are the contiguous run starting at [`Split::tap`]`(kw)`.
@@ -344,13 +391,7 @@ fn depthwise_forward(plan: &ConvPlan, x: &[f32], w: &[f32]) -> Vec<f32> {
 
 simd! {
 fn dw_forward_plane(sp: Split, ho: usize, wo: usize, buf: &[f32], wk: &[f32], out: &mut [f32]) {
-    match (sp.k, sp.s) {
-        (3, 1) => dw_forward_plane_k(Split { k: 3, s: 1, ..sp }, ho, wo, buf, wk, out),
-        (3, 2) => dw_forward_plane_k(Split { k: 3, s: 2, ..sp }, ho, wo, buf, wk, out),
-        (5, 1) => dw_forward_plane_k(Split { k: 5, s: 1, ..sp }, ho, wo, buf, wk, out),
-        (5, 2) => dw_forward_plane_k(Split { k: 5, s: 2, ..sp }, ho, wo, buf, wk, out),
-        _ => dw_forward_plane_k(sp, ho, wo, buf, wk, out),
-    }
+    specialised!(sp, |sp| dw_forward_plane_k(sp, ho, wo, buf, wk, out))
 }
 }
 
@@ -410,13 +451,7 @@ fn dw_backward_input_plane(
     wk: &[f32],
     buf: &mut [f32],
 ) {
-    match (sp.k, sp.s) {
-        (3, 1) => dw_backward_input_plane_k(Split { k: 3, s: 1, ..sp }, ho, wo, dy, wk, buf),
-        (3, 2) => dw_backward_input_plane_k(Split { k: 3, s: 2, ..sp }, ho, wo, dy, wk, buf),
-        (5, 1) => dw_backward_input_plane_k(Split { k: 5, s: 1, ..sp }, ho, wo, dy, wk, buf),
-        (5, 2) => dw_backward_input_plane_k(Split { k: 5, s: 2, ..sp }, ho, wo, dy, wk, buf),
-        _ => dw_backward_input_plane_k(sp, ho, wo, dy, wk, buf),
-    }
+    specialised!(sp, |sp| dw_backward_input_plane_k(sp, ho, wo, dy, wk, buf))
 }
 }
 
@@ -478,13 +513,7 @@ fn dw_backward_weight_plane(
     dy: &[f32],
     acc: &mut [f64],
 ) {
-    match (sp.k, sp.s) {
-        (3, 1) => dw_backward_weight_plane_k(Split { k: 3, s: 1, ..sp }, ho, wo, buf, dy, acc),
-        (3, 2) => dw_backward_weight_plane_k(Split { k: 3, s: 2, ..sp }, ho, wo, buf, dy, acc),
-        (5, 1) => dw_backward_weight_plane_k(Split { k: 5, s: 1, ..sp }, ho, wo, buf, dy, acc),
-        (5, 2) => dw_backward_weight_plane_k(Split { k: 5, s: 2, ..sp }, ho, wo, buf, dy, acc),
-        _ => dw_backward_weight_plane_k(sp, ho, wo, buf, dy, acc),
-    }
+    specialised!(sp, |sp| dw_backward_weight_plane_k(sp, ho, wo, buf, dy, acc))
 }
 }
 

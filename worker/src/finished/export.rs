@@ -1,19 +1,19 @@
-//! `hbac export`: trained models as ONNX files, for use outside hbac. One job's best checkpoint
+//! Trained models as ONNX files (`hbac export`), for use outside hbac. One job's best checkpoint
 //! (`--checkpoint`) becomes one `.onnx`; a finished run (`--run`) becomes a folder with every
 //! job's model and `ensemble.json` — which models, their folds, the architectures' blend
 //! weights from `report.json`, and the preprocessing the models expect — written last, so a
-//! folder with `ensemble.json` is complete. The graph itself: `hbac_worker::model::export`.
+//! folder with `ensemble.json` is complete. The graph itself: [`crate::model::export`].
 
-use anyhow::{Context, Result, bail};
+use burn::tensor::backend::Backend;
 use hbac_common::hms::VOTE_COLUMNS;
 use hbac_common::preprocess::Input;
 use hbac_common::records;
 use hbac_common::storage::Store;
-use hbac_worker::job;
-use hbac_worker::model::export::{INPUT, OUTPUT};
 use serde::Serialize;
 
-use crate::predict::FinishedRun;
+use super::{FinishedError, FinishedRun};
+use crate::job;
+use crate::model::export::{INPUT, OUTPUT};
 
 /// How each input kind is made from a data set's files.
 pub fn preprocessing_text(input: Input) -> &'static str {
@@ -93,21 +93,28 @@ pub struct ModelFile {
     pub shape: [usize; 3],
 }
 
-/// One job's best checkpoint (its output folder `dir`) as ONNX bytes, with `metadata`.
-pub async fn checkpoint_onnx(dir: &Store, metadata: &[(String, String)]) -> Result<Vec<u8>> {
+/// One job's best checkpoint (its output folder `dir`) as ONNX bytes, with `metadata`; the
+/// weights are loaded on `B` (the CPU is enough).
+pub async fn checkpoint_onnx<B: Backend>(
+    dir: &Store,
+    metadata: &[(String, String)],
+) -> Result<Vec<u8>, FinishedError> {
     for file in [records::CHECKPOINT, records::CONFIG] {
         if !dir.exists(file).await? {
-            bail!(
+            return Err(FinishedError::Invalid(format!(
                 "{} is missing: {} is not a finished job's output folder",
                 dir.url(file),
                 dir.root()
-            );
+            )));
         }
     }
     let device = Default::default();
-    let (model, train) = job::load_checkpoint::<crate::backend::Cpu>(dir, &device)
+    let (model, train) = job::load_checkpoint::<B>(dir, &device)
         .await
-        .with_context(|| format!("loading the checkpoint in {}", dir.root()))?;
+        .map_err(|source| FinishedError::Train {
+            context: format!("loading the checkpoint in {}", dir.root()),
+            source,
+        })?;
     let mut meta = vec![
         ("hbac.job_dir".to_string(), dir.root().to_string()),
         (
@@ -118,11 +125,17 @@ pub async fn checkpoint_onnx(dir: &Store, metadata: &[(String, String)]) -> Resu
     meta.extend_from_slice(metadata);
     model
         .to_onnx(&meta)
-        .with_context(|| format!("exporting the model in {}", dir.root()))
+        .map_err(|source| FinishedError::Export {
+            context: format!("exporting the model in {}", dir.root()),
+            source,
+        })
 }
 
 /// Every job of `run` into `out` (`<job>.onnx`), then `ensemble.json`; returns the manifest.
-pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
+pub async fn export_run<B: Backend>(
+    run: &FinishedRun,
+    out: &Store,
+) -> Result<Ensemble, FinishedError> {
     let bar = hbac_common::progress::bar(run.jobs.len() as u64, "export");
     let mut architectures: Vec<ArchModels> = run
         .report
@@ -144,7 +157,9 @@ pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
             .jobs
             .iter()
             .find(|l| &l.job == id)
-            .with_context(|| format!("job {id} is not in the report of {}", run.url))?;
+            .ok_or_else(|| {
+                FinishedError::Invalid(format!("job {id} is not in the report of {}", run.url))
+            })?;
         let meta = [
             ("hbac.run".to_string(), run.url.clone()),
             ("hbac.job".to_string(), id.clone()),
@@ -154,11 +169,9 @@ pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
                 run.report.weights[*arch].to_string(),
             ),
         ];
-        let bytes = checkpoint_onnx(dir, &meta).await?;
+        let bytes = checkpoint_onnx::<B>(dir, &meta).await?;
         let file = format!("{id}.onnx");
-        out.put(&file, bytes)
-            .await
-            .with_context(|| format!("writing {}", out.url(&file)))?;
+        out.put(&file, bytes).await?;
         architectures[*arch].models.push(ModelFile {
             file,
             job: id.clone(),
@@ -190,9 +203,12 @@ pub async fn export_run(run: &FinishedRun, out: &Store) -> Result<Ensemble> {
                 architectures of weight × that mean",
         architectures,
     };
-    let json = serde_json::to_vec_pretty(&ensemble)?;
-    out.put("ensemble.json", json)
-        .await
-        .with_context(|| format!("writing {}", out.url("ensemble.json")))?;
+    let json = serde_json::to_vec_pretty(&ensemble).map_err(|e| {
+        FinishedError::Invalid(format!(
+            "{}: cannot write JSON: {e}",
+            out.url("ensemble.json")
+        ))
+    })?;
+    out.put("ensemble.json", json).await?;
     Ok(ensemble)
 }
