@@ -112,10 +112,10 @@ fn plan(
         configs,
         jobs,
     );
-    Ok(plan.map_err(|e| match e {
+    plan.map_err(|e| match e {
         PlanError::NoArchitecture => anyhow::anyhow!("--archs names no architecture"),
         e => e.into(),
-    })?)
+    })
 }
 
 /// A watch that turns true on SIGTERM or Ctrl-C.
