@@ -386,22 +386,33 @@ fn check_wgpu() -> Result<()> {
     #[cfg(feature = "wgpu")]
     {
         use burn::backend::wgpu::{graphics::AutoGraphicsApi, init_setup};
-        // burn-wgpu panics when no adapter exists: set the device up here, where that panic
-        // becomes an error (its own message is kept quiet).
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        // Before the device exists: cubecl reads its configuration once, at set-up.
-        configure_kernel_cache();
-        let setup = std::panic::catch_unwind(|| {
-            init_setup::<AutoGraphicsApi>(&wgpu_device(0), Default::default());
+        // The device is set up once per process (burn-wgpu panics on a second set-up, and a
+        // command may dispatch several tasks); every later check returns the first answer.
+        static SETUP: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        let setup = SETUP.get_or_init(|| {
+            // burn-wgpu panics when no adapter exists: set the device up here, where that
+            // panic becomes an error (its own message is kept quiet and quoted below).
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            // Before the device exists: cubecl reads its configuration once, at set-up.
+            configure_kernel_cache();
+            let setup = std::panic::catch_unwind(|| {
+                init_setup::<AutoGraphicsApi>(&wgpu_device(0), Default::default());
+            });
+            std::panic::set_hook(hook);
+            setup.map_err(|panic| {
+                let detail = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                format!(
+                    "no usable GPU adapter for wgpu on this machine (Vulkan, Metal or DX12; on Linux a Vulkan driver such as Mesa's){}; use --device cpu",
+                    if detail.is_empty() { String::new() } else { format!(": {detail}") }
+                )
+            })
         });
-        std::panic::set_hook(hook);
-        if setup.is_err() {
-            bail!(
-                "no usable GPU adapter for wgpu on this machine (Vulkan, Metal or DX12; on Linux a Vulkan driver such as Mesa's); use --device cpu"
-            );
-        }
-        Ok(())
+        setup.clone().map_err(anyhow::Error::msg)
     }
 }
 

@@ -319,7 +319,7 @@ impl Coordinator for Service {
         &self,
         _req: Request<wire::StatusRequest>,
     ) -> Result<Response<wire::StatusResponse>, Status> {
-        Ok(Response::new(status(self.0.view())))
+        Ok(Response::new(status(self.0.view())?))
     }
 
     async fn drain(
@@ -348,10 +348,12 @@ pub fn tick_period(lease_ttl: Duration) -> Duration {
 }
 
 /// The run on the wire for `Status`: a summary in typed fields, and the whole [`RunView`] as
-/// JSON (`run_json`), which `hbac status` reads.
-fn status(v: RunView) -> wire::StatusResponse {
-    let run_json = serde_json::to_string(&v).unwrap_or_default();
-    wire::StatusResponse {
+/// JSON (`run_json`), which `hbac status` reads. A view that does not encode is an internal
+/// error, not an empty `run_json` (which a client reads as an older coordinator).
+fn status(v: RunView) -> Result<wire::StatusResponse, Status> {
+    let run_json = serde_json::to_string(&v)
+        .map_err(|e| Status::internal(format!("encoding the run's status: {e}")))?;
+    Ok(wire::StatusResponse {
         phase: v.phase.into(),
         error: v.error.unwrap_or_default(),
         workers: v.live_workers as u32,
@@ -375,7 +377,7 @@ fn status(v: RunView) -> wire::StatusResponse {
             })
             .collect(),
         run_json,
-    }
+    })
 }
 
 #[cfg(test)]

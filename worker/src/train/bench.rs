@@ -110,8 +110,34 @@ pub fn step_gradients<B: TrainBackend>(
     seed: u64,
     device: &B::Device,
 ) -> Result<StepGradients, String> {
-    use burn::module::{Module, ModuleVisitor, Param};
     use burn::tensor::TensorData;
+
+    let model: Model<B> = ModelConfig::new(bench.arch)
+        .with_width(bench.width)
+        .init_seeded(seed, device);
+    let (x, y) = seeded_batch(bench.batch, seed);
+    let x = Tensor::<B, 4>::from_data(TensorData::new(x, [bench.batch, 3, 400, 300]), device);
+    let y = Tensor::<B, 2>::from_data(TensorData::new(y, [bench.batch, 6]), device);
+    let loss = keras_kl(model.forward_on(x, bench.path), y);
+    let loss_value = loss
+        .clone()
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| format!("reading the loss: {e:?}"))?[0] as f64;
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    Ok(StepGradients {
+        loss: loss_value,
+        grads: gradients(&model, &grads)?,
+    })
+}
+
+/// Every trainable parameter's gradient in `grads`, as `(parameter path, values)` in the
+/// model's visiting order (running statistics have none and are left out).
+pub fn gradients<B: TrainBackend>(
+    model: &Model<B>,
+    grads: &GradientsParams,
+) -> Result<Vec<(String, Vec<f32>)>, String> {
+    use burn::module::{Module, ModuleVisitor, Param};
 
     struct Collect<'a, B: TrainBackend> {
         grads: &'a GradientsParams,
@@ -138,34 +164,18 @@ pub fn step_gradients<B: TrainBackend>(
         }
     }
 
-    let model: Model<B> = ModelConfig::new(bench.arch)
-        .with_width(bench.width)
-        .init_seeded(seed, device);
-    let (x, y) = seeded_batch(bench.batch, seed);
-    let x = Tensor::<B, 4>::from_data(TensorData::new(x, [bench.batch, 3, 400, 300]), device);
-    let y = Tensor::<B, 2>::from_data(TensorData::new(y, [bench.batch, 6]), device);
-    let loss = keras_kl(model.forward_on(x, bench.path), y);
-    let loss_value = loss
-        .clone()
-        .into_data()
-        .to_vec::<f32>()
-        .map_err(|e| format!("reading the loss: {e:?}"))?[0] as f64;
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
     let mut collect = Collect::<B> {
-        grads: &grads,
+        grads,
         path: Vec::new(),
         out: Vec::new(),
         error: None,
         backend: std::marker::PhantomData,
     };
     model.visit(&mut collect);
-    if let Some(e) = collect.error {
-        return Err(e);
+    match collect.error {
+        Some(e) => Err(e),
+        None => Ok(collect.out),
     }
-    Ok(StepGradients {
-        loss: loss_value,
-        grads: collect.out,
-    })
 }
 
 /// How far one device's step is from another's.

@@ -17,6 +17,21 @@ pub const SWISH: u32 = 3;
 pub const HARD_SIGMOID: u32 = 4;
 pub const SIGMOID: u32 = 5;
 
+/// A convolution's geometry as the kernels see it (filled on the host by
+/// `super::geometry`): channels, the input plane `h × w`, the output plane `ho × wo`, the
+/// stride and the padding before the first row and column. The kernel size is compile-time.
+#[derive(CubeLaunch, CubeType)]
+pub struct Geometry {
+    pub channels: u32,
+    pub h: u32,
+    pub w: u32,
+    pub ho: u32,
+    pub wo: u32,
+    pub stride: u32,
+    pub pad_top: u32,
+    pub pad_left: u32,
+}
+
 #[cube]
 fn sigmoid<F: Float>(z: F) -> F {
     F::new(1.0) / (F::new(1.0) + (-z).exp())
@@ -154,22 +169,16 @@ pub fn gemm<F: Float>(
 pub fn im2col<F: Float>(
     x: &Tensor<F>,
     col: &mut Tensor<F>,
-    cin: u32,
-    h: u32,
-    width: u32,
-    ho: u32,
-    wo: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
+    g: Geometry,
     #[comptime] k: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     if ABSOLUTE_POS >= col.len() {
         terminate!();
     }
-    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
-    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let (h, width, ho, wo) = (g.h as usize, g.w as usize, g.ho as usize, g.wo as usize);
+    let (s, pt, pl) = (g.stride as usize, g.pad_top as usize, g.pad_left as usize);
+    let cin = g.channels;
     let kk = (k * k) as usize;
     let i = ABSOLUTE_POS;
     let p = ho * wo;
@@ -195,22 +204,16 @@ pub fn im2col<F: Float>(
 pub fn col2im<F: Float>(
     dcol: &Tensor<F>,
     dx: &mut Tensor<F>,
-    cin: u32,
-    h: u32,
-    width: u32,
-    ho: u32,
-    wo: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
+    g: Geometry,
     #[comptime] k: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     if ABSOLUTE_POS >= dx.len() {
         terminate!();
     }
-    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
-    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let (h, width, ho, wo) = (g.h as usize, g.w as usize, g.ho as usize, g.wo as usize);
+    let (s, pt, pl) = (g.stride as usize, g.pad_top as usize, g.pad_left as usize);
+    let cin = g.channels;
     let kk = (k * k) as usize;
     let i = ABSOLUTE_POS;
     let iw = i % width;
@@ -246,22 +249,16 @@ pub fn dw_forward<F: Float>(
     x: &Tensor<F>,
     w: &Tensor<F>,
     y: &mut Tensor<F>,
-    channels: u32,
-    h: u32,
-    width: u32,
-    ho: u32,
-    wo: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
+    g: Geometry,
     #[comptime] k: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     if ABSOLUTE_POS >= y.len() {
         terminate!();
     }
-    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
-    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let (h, width, ho, wo) = (g.h as usize, g.w as usize, g.ho as usize, g.wo as usize);
+    let (s, pt, pl) = (g.stride as usize, g.pad_top as usize, g.pad_left as usize);
+    let channels = g.channels;
     let i = ABSOLUTE_POS;
     let ow = i % wo;
     let oh = (i / wo) % ho;
@@ -293,22 +290,16 @@ pub fn dw_backward_input<F: Float>(
     dy: &Tensor<F>,
     w: &Tensor<F>,
     dx: &mut Tensor<F>,
-    channels: u32,
-    h: u32,
-    width: u32,
-    ho: u32,
-    wo: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
+    g: Geometry,
     #[comptime] k: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     if ABSOLUTE_POS >= dx.len() {
         terminate!();
     }
-    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
-    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let (h, width, ho, wo) = (g.h as usize, g.w as usize, g.ho as usize, g.wo as usize);
+    let (s, pt, pl) = (g.stride as usize, g.pad_top as usize, g.pad_left as usize);
+    let channels = g.channels;
     let i = ABSOLUTE_POS;
     let iw = i % width;
     let ih = (i / width) % h;
@@ -346,21 +337,15 @@ pub fn dw_backward_weight<F: Float>(
     dy: &Tensor<F>,
     part: &mut Tensor<F>,
     batch: u32,
-    channels: u32,
-    h: u32,
-    width: u32,
-    ho: u32,
-    wo: u32,
-    stride: u32,
-    pad_top: u32,
-    pad_left: u32,
+    g: Geometry,
     chunk: u32,
     #[comptime] k: u32,
     #[comptime] cube: u32,
     #[define(F)] _dtype: StorageType,
 ) {
-    let (h, width, ho, wo) = (h as usize, width as usize, ho as usize, wo as usize);
-    let (s, pt, pl) = (stride as usize, pad_top as usize, pad_left as usize);
+    let (h, width, ho, wo) = (g.h as usize, g.w as usize, g.ho as usize, g.wo as usize);
+    let (s, pt, pl) = (g.stride as usize, g.pad_top as usize, g.pad_left as usize);
+    let channels = g.channels;
     let c = CUBE_POS_X as usize;
     let tap = CUBE_POS_Y as usize;
     let split = CUBE_POS_Z as usize;

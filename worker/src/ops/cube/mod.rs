@@ -162,6 +162,16 @@ fn columns<R: CubeRuntime>(x: CubeTensor<R>, plan: &ConvPlan) -> CubeTensor<R> {
         dim,
         x.clone().into_tensor_arg(),
         col.clone().into_tensor_arg(),
+        geometry(plan),
+        k as u32,
+        x.dtype.into(),
+    );
+    col
+}
+
+/// The plan's geometry for the convolution kernels ([`kernels::Geometry`]).
+fn geometry<R: CubeRuntime>(plan: &ConvPlan) -> kernels::GeometryLaunch<R> {
+    kernels::GeometryLaunch::new(
         plan.cin as u32,
         plan.h as u32,
         plan.w as u32,
@@ -170,10 +180,7 @@ fn columns<R: CubeRuntime>(x: CubeTensor<R>, plan: &ConvPlan) -> CubeTensor<R> {
         plan.geom.stride as u32,
         plan.pad_top as u32,
         plan.pad_left as u32,
-        k as u32,
-        x.dtype.into(),
-    );
-    col
+    )
 }
 
 /// A contiguous tensor with a new shape (same values, no copy).
@@ -221,14 +228,7 @@ where
             x.clone().into_tensor_arg(),
             w.into_tensor_arg(),
             y.clone().into_tensor_arg(),
-            plan.cin as u32,
-            plan.h as u32,
-            plan.w as u32,
-            plan.ho as u32,
-            plan.wo as u32,
-            geom.stride as u32,
-            plan.pad_top as u32,
-            plan.pad_left as u32,
+            geometry(&plan),
             geom.kernel as u32,
             x.dtype.into(),
         );
@@ -267,14 +267,7 @@ where
                 dim,
                 dcol.clone().into_tensor_arg(),
                 dx.clone().into_tensor_arg(),
-                cin as u32,
-                h as u32,
-                width as u32,
-                plan.ho as u32,
-                plan.wo as u32,
-                geom.stride as u32,
-                plan.pad_top as u32,
-                plan.pad_left as u32,
+                geometry(&plan),
                 geom.kernel as u32,
                 dcol.dtype.into(),
             );
@@ -290,14 +283,7 @@ where
             dy.clone().into_tensor_arg(),
             w.into_tensor_arg(),
             dx.clone().into_tensor_arg(),
-            plan.cin as u32,
-            plan.h as u32,
-            plan.w as u32,
-            plan.ho as u32,
-            plan.wo as u32,
-            geom.stride as u32,
-            plan.pad_top as u32,
-            plan.pad_left as u32,
+            geometry(&plan),
             geom.kernel as u32,
             dy.dtype.into(),
         );
@@ -336,14 +322,7 @@ where
             dy.into_tensor_arg(),
             part.clone().into_tensor_arg(),
             plan.n as u32,
-            plan.cin as u32,
-            plan.h as u32,
-            plan.w as u32,
-            plan.ho as u32,
-            plan.wo as u32,
-            geom.stride as u32,
-            plan.pad_top as u32,
-            plan.pad_left as u32,
+            geometry(&plan),
             chunk,
             k as u32,
             REDUCE_CUBE,
