@@ -77,6 +77,16 @@ def keras_kl(y, p):
     return float((y * np.log(y / p)).sum(axis=1).mean())
 
 
+def tensorflow_cpu(threads):
+    """TensorFlow, quiet, on `threads` CPU threads (before any op runs)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return tf
+
+
 def build(arch, bn_momentum, drop_connect):
     import keras
 
@@ -144,11 +154,7 @@ def main():
     ap.add_argument("--drop-connect", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(a.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(a.threads)
+    tf = tensorflow_cpu(a.threads)
     import keras
     from sklearn.model_selection import StratifiedGroupKFold
 

@@ -101,14 +101,11 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from quality_keras import build, tensorflow_cpu
 
-    tf.config.threading.set_intra_op_parallelism_threads(a.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(a.threads)
+    tf = tensorflow_cpu(a.threads)
     import keras
     from safetensors.numpy import save_file
-    from quality_keras import build
 
     keras.utils.set_random_seed(a.seed)
     rng = np.random.default_rng(a.seed)

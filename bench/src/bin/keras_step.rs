@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, Param};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
@@ -76,11 +76,7 @@ fn max_abs(a: &[f32], b: &[f32]) -> f64 {
 fn main() -> Result<()> {
     hbac_worker::ops::cpu::retain_freed_memory();
     let args = Args::parse();
-    let path = match args.path.as_str() {
-        "fused" => Path::Fused,
-        "stock" => Path::Stock,
-        other => bail!("--path must be fused or stock, not {other:?}"),
-    };
+    let path: Path = args.path.parse().map_err(anyhow::Error::msg)?;
     let device = Default::default();
     let mut start = read(&args.dir.join("keras_start.safetensors"))?;
     let mut keras = read(&args.dir.join("keras_result.safetensors"))?;

@@ -37,11 +37,7 @@ struct Args {
 fn main() -> Result<()> {
     hbac_worker::ops::cpu::retain_freed_memory();
     let args = Args::parse();
-    let path = match args.path.as_str() {
-        "fused" => Path::Fused,
-        "stock" => Path::Stock,
-        other => anyhow::bail!("--path must be fused or stock, not {other:?}"),
-    };
+    let path: Path = args.path.parse().map_err(anyhow::Error::msg)?;
     println!(
         "train_step backend=flex path={} batch={} input=[3,400,300] width={} threads={}",
         args.path,

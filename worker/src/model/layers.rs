@@ -98,6 +98,19 @@ pub enum Path {
     Stock,
 }
 
+impl std::str::FromStr for Path {
+    type Err = String;
+
+    /// `fused` or `stock` (the benchmarks' `--path`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fused" => Ok(Path::Fused),
+            "stock" => Ok(Path::Stock),
+            other => Err(format!("--path must be fused or stock, not {other:?}")),
+        }
+    }
+}
+
 /// A [`ConvBn`] layer's shape at the input size it runs at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LayerShape {
