@@ -10,9 +10,11 @@
 #   ARCHS=mobilenetv3-large SEEDS="42 7 11" INITS="torch keras" bash bench/quality.sh
 #
 # Environment: OUT (./quality-out), ARCHS, SEEDS, INITS, SIDES ("keras hbac"), EPOCHS (13),
-# BATCH (32), PATIENTS (150), HBAC (the binary; default the release build in CARGO_TARGET_DIR),
-# HBAC_QUALITY_VENV (~/.cache/hbac-quality: made here with TensorFlow, KerasCV, pandas, pyarrow,
-# scikit-learn). Finished runs are kept: re-running resumes where an interrupted benchmark
+# BATCH (32), PATIENTS (150), THREADS (each run's threads; default all cores: two benchmarks
+# side by side, e.g. SIDES=keras and SIDES=hbac with THREADS=1 each, share the cores), HBAC
+# (the binary; default the release build in CARGO_TARGET_DIR), HBAC_QUALITY_VENV
+# (~/.cache/hbac-quality: made here with TensorFlow, KerasCV, pandas, pyarrow, scikit-learn).
+# Finished runs are kept: re-running resumes where an interrupted benchmark
 # stopped. Full size on 2 cores: MobileNetV3 ≈ 4–5 min a run, EfficientNetV2 ≈ 11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,7 @@ INITS="${INITS:-torch keras}"
 SIDES="${SIDES:-keras hbac}"
 EPOCHS="${EPOCHS:-13}"
 BATCH="${BATCH:-32}"
+THREADS="${THREADS:-$(nproc)}"
 HBAC="${HBAC:-${CARGO_TARGET_DIR:-$HOME/.cache/hbac-target}/release/hbac}"
 VENV="${HBAC_QUALITY_VENV:-$HOME/.cache/hbac-quality}"
 PY="$VENV/bin/python"
@@ -58,7 +61,8 @@ for arch in $ARCHS; do
         dir="$OUT/runs/keras-$arch-$seed"
         [ -f "$dir/result.json" ] && continue
         run "keras-$arch-$seed" "$PY" bench/quality_keras.py --data "$OUT/data" --arch "$arch" \
-          --seed "$seed" --epochs "$EPOCHS" --batch "$BATCH" --bn-momentum 0.9 --out "$dir"
+          --seed "$seed" --epochs "$EPOCHS" --batch "$BATCH" --bn-momentum 0.9 --threads "$THREADS" \
+          --out "$dir"
       else
         for init in $INITS; do
           dir="$OUT/runs/hbac-$init-$arch-$seed"
@@ -67,9 +71,9 @@ for arch in $ARCHS; do
           # --init keras is the exact-parity run: Keras' stochastic depth too (EfficientNetV2).
           dc=0
           [ "$init" = keras ] && [ "$arch" = efficientnetv2-b2 ] && dc=0.2
-          run "hbac-$init-$arch-$seed" "$HBAC" train --data "$OUT/data" --cache "$OUT/cache" \
-            --arch "$arch" --fold 0 --seed "$seed" --epochs "$EPOCHS" --batch-size "$BATCH" \
-            --bn-momentum 0.9 --init "$init" --drop-connect "$dc" --out "$dir"
+          run "hbac-$init-$arch-$seed" env RAYON_NUM_THREADS="$THREADS" "$HBAC" train \
+            --data "$OUT/data" --cache "$OUT/cache" --arch "$arch" --fold 0 --seed "$seed" \
+            --epochs "$EPOCHS" --batch-size "$BATCH" --bn-momentum 0.9 --init "$init" --drop-connect "$dc" --out "$dir"
         done
       fi
     done

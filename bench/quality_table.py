@@ -1,6 +1,8 @@
 """The table of bench/quality.sh: per architecture and side (keras, hbac-<init>), the best
 validation KL of each seed, their mean ± sample standard deviation, the out-of-fold Kaggle KL
-the same way, and hbac / keras of the means. Writes OUT/quality.json with every number.
+the same way, hbac / keras of the means, and Welch's two-sided t-test of the validation KLs
+against Keras' (p: how likely a difference of means this large is between two sides that
+train equally well, from seed noise alone). Writes OUT/quality.json with every number.
 
     python bench/quality_table.py OUT
 
@@ -17,6 +19,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 VOTES = ["seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
 
@@ -51,8 +54,8 @@ def main():
              "rows": len(oof)})
     stat = lambda v: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)  # noqa
     print("| architecture | side | seeds | best validation KL per seed (epoch) | mean ± sd "
-          "| OOF Kaggle KL mean ± sd | / keras |")
-    print("|---|---|---|---|---|---|---|")
+          "| OOF Kaggle KL mean ± sd | / keras | Welch p |")
+    print("|---|---|---|---|---|---|---|---|")
     table = []
     for (arch, side) in sorted(runs, key=lambda k: (k[0], k[1] != "keras", k[1])):
         rs = sorted(runs[(arch, side)], key=lambda r: r["seed"])
@@ -62,12 +65,16 @@ def main():
         omean, osd = stat(o)
         keras = runs.get((arch, "keras"))
         ratio = mean / np.mean([r["valid_kl"] for r in keras]) if keras and side != "keras" else None
+        p = None
+        if keras and side != "keras" and len(keras) > 1 and len(v) > 1:
+            p = float(stats.ttest_ind(v, [r["valid_kl"] for r in keras], equal_var=False).pvalue)
         per = ", ".join(f"{r['seed']}: {r['valid_kl']:.3f} ({r['best_epoch']})" for r in rs)
         print(f"| {arch} | {side} | {len(rs)} | {per} | {mean:.3f} ± {sd:.3f} "
-              f"| {omean:.3f} ± {osd:.3f} | {'' if ratio is None else f'{ratio:.2f}×'} |")
+              f"| {omean:.3f} ± {osd:.3f} | {'' if ratio is None else f'{ratio:.2f}×'} "
+              f"| {'' if p is None else f'{p:.2f}'} |")
         table.append({"arch": arch, "side": side, "runs": rs, "valid_kl_mean": mean,
                       "valid_kl_sd": sd, "oof_kaggle_kl_mean": omean, "oof_kaggle_kl_sd": osd,
-                      "ratio_to_keras": ratio})
+                      "ratio_to_keras": ratio, "welch_p": p})
     with open(os.path.join(out, "quality.json"), "w") as f:
         json.dump(table, f, indent=1)
 

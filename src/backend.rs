@@ -4,7 +4,7 @@
 //! generic; only the binary names a backend. Each device is checked before first use, because
 //! burn-cuda and burn-wgpu panic when the driver or adapter is missing.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use burn::backend::Autodiff;
 use clap::ValueEnum;
 use hbac_worker::executor::{Executor, TrainExecutor};
@@ -119,7 +119,7 @@ pub fn describe(device: DeviceKind) -> Result<String> {
 
 fn check_cuda() -> Result<String> {
     #[cfg(not(feature = "cuda"))]
-    bail!(
+    anyhow::bail!(
         "this hbac was built without CUDA support; rebuild with `cargo build --release --features cuda`, or use --device cpu"
     );
     #[cfg(feature = "cuda")]
@@ -380,7 +380,7 @@ pub fn kernel_cache_dir() -> Option<std::path::PathBuf> {
 
 fn check_wgpu() -> Result<()> {
     #[cfg(not(feature = "wgpu"))]
-    bail!(
+    anyhow::bail!(
         "this hbac was built without wgpu support; rebuild with `cargo build --release --features wgpu`, or use --device cpu"
     );
     #[cfg(feature = "wgpu")]
