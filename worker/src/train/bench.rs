@@ -183,7 +183,7 @@ pub fn gradients<B: TrainBackend>(
 pub struct StepComparison {
     /// `|loss_b − loss_a| / |loss_a|`.
     pub loss_rel: f64,
-    /// `‖g_b − g_a‖ / max(‖g_a‖, floor)` of the worst parameter, and its path; `floor` is 1e-3
+    /// `‖g_b − g_a‖ / max(‖g_a‖, floor)` of the worst parameter, and its path; `floor` is 1e-2
     /// of the norm the tensor would have with the whole gradient's average element size.
     pub grad_rel_max: f64,
     pub worst: String,
@@ -202,8 +202,10 @@ pub fn compare_steps(a: &StepGradients, b: &StepGradients) -> Result<StepCompari
     }
     // A gradient that should be zero (a BatchNorm shift whose layer feeds another BatchNorm)
     // is rounding noise on both sides: each tensor's difference is measured against its own
-    // norm or, when that is smaller, against 1e-3 of the norm an average element of the whole
-    // gradient would give it.
+    // norm or, when that is smaller, against 1e-2 of the norm an average element of the whole
+    // gradient would give it. (1e-3 was too tight: on lavapipe with 8-wide subgroups, the
+    // zero-by-construction shift of MobileNetV3's first projection came out at 1.1e-2 of it,
+    // with the median tensor at 9e-6.)
     let total: usize = a.grads.iter().map(|(_, g)| g.len()).sum();
     let global = a
         .grads
@@ -222,7 +224,7 @@ pub fn compare_steps(a: &StepGradients, b: &StepGradients) -> Result<StepCompari
             diff += (p as f64 - q as f64).powi(2);
             norm += (p as f64).powi(2);
         }
-        let floor = 1e-3 * global * (ga.len() as f64 / total.max(1) as f64).sqrt();
+        let floor = 1e-2 * global * (ga.len() as f64 / total.max(1) as f64).sqrt();
         let denom = norm.sqrt().max(floor);
         let rel = if denom > 0.0 {
             diff.sqrt() / denom
@@ -278,6 +280,18 @@ mod tests {
         assert!(a.grads.iter().any(|(n, _)| n.contains("head")));
         let same = compare_steps(&a, &b).unwrap();
         assert_eq!((same.loss_rel, same.grad_rel_max), (0.0, 0.0));
+        // One tensor 5 % off (a kernel wrong for one layer) fails the check and is named.
+        let mut wrong = b;
+        let norm = |g: &[f32]| g.iter().map(|v| v * v).sum::<f32>();
+        let (name, g) = wrong
+            .grads
+            .iter_mut()
+            .max_by(|p, q| norm(&p.1).total_cmp(&norm(&q.1)))
+            .unwrap();
+        g.iter_mut().for_each(|v| *v *= 1.05);
+        let name = name.clone();
+        let one = compare_steps(&a, &wrong).unwrap();
+        assert!(one.grad_rel_max > 0.04 && one.worst == name, "{one:?}");
         // burn's stock ops compute the same step by other kernels: close, not equal.
         let stock = StepBench {
             path: Path::Stock,
