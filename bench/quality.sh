@@ -14,8 +14,8 @@
 # side by side, e.g. SIDES=keras and SIDES=hbac with THREADS=1 each, share the cores), HBAC
 # (the binary; default the release build in CARGO_TARGET_DIR), HBAC_QUALITY_VENV
 # (~/.cache/hbac-quality: made here with TensorFlow, KerasCV, pandas, pyarrow, scikit-learn).
-# Finished runs are kept: re-running resumes where an interrupted benchmark
-# stopped. Full size on 2 cores: MobileNetV3 ≈ 4–5 min a run, EfficientNetV2 ≈ 11.
+# Finished runs are kept: re-running resumes where an interrupted benchmark stopped. Full size
+# on 2 cores: MobileNetV3 ≈ 4–5 min a run, EfficientNetV2 ≈ 11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./quality-out}"
@@ -73,7 +73,8 @@ for arch in $ARCHS; do
           [ "$init" = keras ] && [ "$arch" = efficientnetv2-b2 ] && dc=0.2
           run "hbac-$init-$arch-$seed" env RAYON_NUM_THREADS="$THREADS" "$HBAC" train \
             --data "$OUT/data" --cache "$OUT/cache" --arch "$arch" --fold 0 --seed "$seed" \
-            --epochs "$EPOCHS" --batch-size "$BATCH" --bn-momentum 0.9 --init "$init" --drop-connect "$dc" --out "$dir"
+            --epochs "$EPOCHS" --batch-size "$BATCH" --bn-momentum 0.9 --init "$init" \
+            --drop-connect "$dc" --out "$dir"
         done
       fi
     done
