@@ -3,8 +3,9 @@
 # and `hbac train` (each --init), on one HMS-format data set written by bench/quality_data.py,
 # the same folds (fold 0 of 5), full-size models, batch 32, 13 epochs, the reference learning
 # rates, BatchNorm momentum 0.9 on both sides; `--init keras` runs also take Keras' stochastic
-# depth (drop connect 0.2 in EfficientNetV2), `--init torch` runs are hbac's default recipe. Prints a table of best validation KL and
-# out-of-fold Kaggle KL per side, mean ± spread over seeds (bench/quality_table.py).
+# depth (drop connect 0.2 in EfficientNetV2), `--init torch` runs are hbac's default recipe.
+# Prints a table of best validation KL and out-of-fold Kaggle KL per side, mean ± spread over
+# seeds and Welch's p against Keras (bench/quality_table.py).
 #
 #   cargo build --release && bash bench/quality.sh
 #   ARCHS=mobilenetv3-large SEEDS="42 7 11" INITS="torch keras" bash bench/quality.sh
@@ -13,7 +14,8 @@
 # BATCH (32), PATIENTS (150), THREADS (each run's threads; default all cores: two benchmarks
 # side by side, e.g. SIDES=keras and SIDES=hbac with THREADS=1 each, share the cores), HBAC
 # (the binary; default the release build in CARGO_TARGET_DIR), HBAC_QUALITY_VENV
-# (~/.cache/hbac-quality: made here with TensorFlow, KerasCV, pandas, pyarrow, scikit-learn).
+# (~/.cache/hbac-quality: made here with TensorFlow, KerasCV, pandas, pyarrow, scikit-learn,
+# SciPy for the table's p-values and safetensors for bench/quality_step.py).
 # Finished runs are kept: re-running resumes where an interrupted benchmark stopped. Full size
 # on 2 cores: MobileNetV3 ≈ 4–5 min a run, EfficientNetV2 ≈ 11.
 set -euo pipefail
@@ -31,17 +33,21 @@ VENV="${HBAC_QUALITY_VENV:-$HOME/.cache/hbac-quality}"
 PY="$VENV/bin/python"
 
 if [ ! -x "$PY" ]; then
-  echo "== making $VENV (TensorFlow CPU, Keras, KerasCV, pandas, pyarrow, scikit-learn)"
+  echo "== making $VENV (TensorFlow CPU, Keras, KerasCV, pandas, pyarrow, scikit-learn, SciPy)"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check tensorflow-cpu==2.21.0 keras==3.15.1 \
-    keras-cv==0.9.0 pandas pyarrow scikit-learn
+    keras-cv==0.9.0 pandas pyarrow scikit-learn scipy safetensors
 fi
-[ -x "$HBAC" ] || { echo "no hbac binary at $HBAC: cargo build --release, or set HBAC" >&2; exit 1; }
+if [ ! -x "$HBAC" ]; then
+  echo "no hbac binary at $HBAC: cargo build --release, or set HBAC" >&2
+  exit 1
+fi
 mkdir -p "$OUT/logs" "$OUT/runs"
 if [ ! -f "$OUT/data/train.csv" ]; then
   "$PY" bench/quality_data.py --out "$OUT/data" --patients "${PATIENTS:-150}"
 fi
-echo "== $(date -u +%FT%TZ) $(nproc) cores; $("$HBAC" --version); archs: $ARCHS; seeds: $SEEDS; inits: $INITS"
+echo "== $(date -u +%FT%TZ) $(nproc) cores; $("$HBAC" --version); archs: $ARCHS;" \
+  "seeds: $SEEDS; inits: $INITS"
 
 run() { # name, command…: runs once, its log in $OUT/logs/<name>.log
   local name="$1"; shift
@@ -61,8 +67,8 @@ for arch in $ARCHS; do
         dir="$OUT/runs/keras-$arch-$seed"
         [ -f "$dir/result.json" ] && continue
         run "keras-$arch-$seed" "$PY" bench/quality_keras.py --data "$OUT/data" --arch "$arch" \
-          --seed "$seed" --epochs "$EPOCHS" --batch "$BATCH" --bn-momentum 0.9 --threads "$THREADS" \
-          --out "$dir"
+          --seed "$seed" --epochs "$EPOCHS" --batch "$BATCH" --bn-momentum 0.9 \
+          --threads "$THREADS" --out "$dir"
       else
         for init in $INITS; do
           dir="$OUT/runs/hbac-$init-$arch-$seed"

@@ -50,8 +50,8 @@ def main():
         kl = kaggle_kl(train.loc[oof["label_id"], VOTES].to_numpy(float),
                        oof[VOTES].to_numpy(float))
         runs.setdefault((arch, side), []).append(
-            {"seed": seed, "valid_kl": r["valid_kl"], "best_epoch": r["best_epoch"] + 1, "oof_kaggle_kl": kl,
-             "rows": len(oof)})
+            {"seed": seed, "valid_kl": r["valid_kl"], "best_epoch": r["best_epoch"] + 1,
+             "oof_kaggle_kl": kl, "rows": len(oof)})
     stat = lambda v: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)  # noqa
     print("| architecture | side | seeds | best validation KL per seed (epoch) | mean ± sd "
           "| OOF Kaggle KL mean ± sd | / keras | Welch p |")
@@ -64,7 +64,9 @@ def main():
         mean, sd = stat(v)
         omean, osd = stat(o)
         keras = runs.get((arch, "keras"))
-        ratio = mean / np.mean([r["valid_kl"] for r in keras]) if keras and side != "keras" else None
+        ratio = None
+        if keras and side != "keras":
+            ratio = mean / np.mean([r["valid_kl"] for r in keras])
         p = None
         if keras and side != "keras" and len(keras) > 1 and len(v) > 1:
             p = float(stats.ttest_ind(v, [r["valid_kl"] for r in keras], equal_var=False).pvalue)
