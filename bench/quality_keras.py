@@ -3,17 +3,17 @@ TensorFlow, for one architecture, fold and seed: the Keras side of bench/quality
 
     python bench/quality_keras.py --data DIR --arch mobilenetv3-large|efficientnetv2-b2 \
         --seed 42 --out DIR [--fold 0] [--k 5] [--epochs 13] [--batch 32] [--bn-momentum 0.9] \
-        [--threads 2] [--drop-connect 0.2]
+        [--threads 2] [--drop-connect 0.2] [--adam keras|torch]
 
 The same data path as `hbac train` on its defaults (../shared/HMS.md): the first train.csv row
 of each spectrogram, `fillna(0)`, window `offset = spectrogram_label_offset_seconds // 2` rows of
 300 zero-padded, clip to [e^-4, e^8], ln, per-sample standardisation, three channels; targets
 the vote distributions; folds from scikit-learn's StratifiedGroupKFold(k, shuffle=True,
 random_state=42) over every row on expert_consensus grouped by patient_id, as the starter
-and hbac split. Per batch, each with probability
-0.5: MixUp (Beta(2, 2) per sample, partner from a permutation), a time cutout and a frequency
-cutout (6–10 % of the axis per sample, zero). Adam (epsilon 1e-7), Keras' KLDivergence, the
-reference learning rate per epoch at this batch size. Models: KerasCV's MobileNetV3-Large
+and hbac split. Per batch, each with probability 0.5: MixUp (Beta(2, 2) per sample, partner
+from a permutation), a time cutout and a frequency cutout (6–10 % of the axis per sample,
+zero). Adam (epsilon 1e-7; `--adam torch` puts it where PyTorch and hbac do), Keras'
+KLDivergence, the reference learning rate per epoch at this batch size. Models: KerasCV's MobileNetV3-Large
 backbone (as bench/anchors_cpu.py builds it) or keras.applications' EfficientNetV2-B2 (KerasCV's
 architecture and initialisers; its stochastic depth, `--drop-connect`, 0.2 as in both), each
 with 1/255 rescaling in front, global average pooling and a softmax Dense(6); every
@@ -62,6 +62,30 @@ def load(data, rows):
         w = (w - w.mean()) / (w.std() + 1e-6)
         out[i] = w[:, :, None]
     return out
+
+
+def votes(rows):
+    return rows[VOTES].to_numpy(np.float64)
+
+
+def fold_rows(data, fold, k=5):
+    """((train rows, their targets), (validation rows, their targets)) of `fold`: as the starter
+    (and hbac), folds over every row, then the first row of each spectrogram; targets are the
+    vote distributions (float32)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    train = pd.read_csv(os.path.join(data, "train.csv"))
+    train["fold"] = -1
+    split = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=42)
+    for f, (_, valid) in enumerate(
+            split.split(train, train["expert_consensus"], groups=train["patient_id"])):
+        train.loc[valid, "fold"] = f
+    first = train.groupby("spectrogram_id", sort=False).head(1).reset_index(drop=True)
+    out = []
+    for rows in (first[first.fold != fold], first[first.fold == fold]):
+        v = votes(rows)
+        out.append((rows, (v / v.sum(axis=1, keepdims=True)).astype(np.float32)))
+    return tuple(out)
 
 
 def kaggle_kl(solution, pred):
@@ -120,6 +144,32 @@ def build(arch, bn_momentum, drop_connect):
     return keras.Model(inputs, keras.layers.Dense(6, activation="softmax")(x))
 
 
+def torch_adam(lr):
+    """Adam with PyTorch's (and burn's, so hbac's) ε placement, `m̂ / (√v̂ + ε)`. Keras
+    divides by `√v + ε` before the bias correction: in those terms an ε larger by
+    `1 / √(1 − β₂ᵗ)` (×32 at the first step, ×3 after 100)."""
+    import keras
+    from keras import ops
+
+    class TorchAdam(keras.optimizers.Adam):
+        def update_step(self, gradient, variable, learning_rate):
+            lr = ops.cast(learning_rate, variable.dtype)
+            gradient = ops.cast(gradient, variable.dtype)
+            step = ops.cast(self.iterations + 1, variable.dtype)
+            b1 = 1 - ops.power(ops.cast(self.beta_1, variable.dtype), step)
+            b2 = 1 - ops.power(ops.cast(self.beta_2, variable.dtype), step)
+            m = self._momentums[self._get_variable_index(variable)]
+            v = self._velocities[self._get_variable_index(variable)]
+            self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+            self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v),
+                                            1 - self.beta_2))
+            update = ops.divide(ops.divide(m, b1), ops.add(ops.sqrt(ops.divide(v, b2)),
+                                                           self.epsilon))
+            self.assign_sub(variable, ops.multiply(update, lr))
+
+    return TorchAdam(learning_rate=lr, epsilon=1e-7)
+
+
 def augment(rng, x, y):
     x, y = x.copy(), y.copy()
     n = len(x)
@@ -153,33 +203,25 @@ def main():
     ap.add_argument("--bn-momentum", type=float, default=0.9)
     ap.add_argument("--drop-connect", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--adam", choices=["keras", "torch"], default="keras",
+                    help="where Adam's ε goes: Keras' own, or PyTorch's and hbac's")
     a = ap.parse_args()
     tf = tensorflow_cpu(a.threads)
     import keras
-    from sklearn.model_selection import StratifiedGroupKFold
 
     keras.utils.set_random_seed(a.seed)
     rng = np.random.default_rng(a.seed)
-    train = pd.read_csv(os.path.join(a.data, "train.csv"))
-    # As the starter (and hbac): folds over every row, then the first row of each spectrogram.
-    train["fold"] = -1
-    split = StratifiedGroupKFold(n_splits=a.k, shuffle=True, random_state=42)
-    for f, (_, valid) in enumerate(
-            split.split(train, train["expert_consensus"], groups=train["patient_id"])):
-        train.loc[valid, "fold"] = f
-    first = train.groupby("spectrogram_id", sort=False).head(1).reset_index(drop=True)
-    tr, va = first[first.fold != a.fold], first[first.fold == a.fold]
-    votes = lambda d: d[VOTES].to_numpy(np.float64)  # noqa: E731
-    ytr = (votes(tr) / votes(tr).sum(axis=1, keepdims=True)).astype(np.float32)
-    yva = (votes(va) / votes(va).sum(axis=1, keepdims=True)).astype(np.float32)
+    (tr, ytr), (va, yva) = fold_rows(a.data, a.fold, a.k)
     t0 = time.time()
     xtr, xva = load(a.data, tr), load(a.data, va)
     print(f"keras {keras.__version__} tensorflow {tf.__version__} arch={a.arch} seed={a.seed} "
           f"fold={a.fold} train={len(tr)} valid={len(va)} batch={a.batch} "
-          f"bn_momentum={a.bn_momentum} drop_connect={a.drop_connect} "
+          f"bn_momentum={a.bn_momentum} drop_connect={a.drop_connect} adam={a.adam} "
           f"(data {time.time() - t0:.1f} s)", flush=True)
     model = build(a.arch, a.bn_momentum, a.drop_connect)
-    opt = keras.optimizers.Adam(learning_rate=lr_at(0, a.epochs, a.batch), epsilon=1e-7)
+    lr0 = lr_at(0, a.epochs, a.batch)
+    opt = (torch_adam(lr0) if a.adam == "torch"
+           else keras.optimizers.Adam(learning_rate=lr0, epsilon=1e-7))
     model.compile(optimizer=opt, loss=keras.losses.KLDivergence())
     best = (math.inf, -1, None)
     for epoch in range(a.epochs):

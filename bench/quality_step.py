@@ -4,18 +4,23 @@ batches, and writes
 
     OUT/keras_start.safetensors  the initial weights under timm's names (what `hbac train
                                  --pretrained` reads), the 6-way head as classifier.weight/bias,
-                                 and the batches as batch.<i>.x (NCHW, pixels in [0, 255)) and
-                                 batch.<i>.y (vote distributions);
+                                 and the batches as batch.<i>.x (NCHW) and batch.<i>.y (vote
+                                 distributions): random pixels in [0, 255) and random
+                                 distributions, or with `--data` the training windows of fold 0
+                                 as quality_keras.py loads them (standardised spectrograms, so
+                                 the stem sees inputs of standard deviation 1/255, the regime of
+                                 real training), with `--augment` through its MixUp and cutouts;
     OUT/keras_result.safetensors step 0's loss, softmax outputs and every gradient (grad.<key>, in
                                  timm's layout), each step's loss (losses), and after the last
                                  step the BatchNorm running statistics (after.<key>) and the
                                  inference-mode outputs on batch 0 (eval_probs).
 
 Then `cargo run --release -p hbac-bench --bin keras_step -- OUT` runs the same steps in hbac and
-prints both sides. Adam (ε 1e-7) at `--lr`, Keras' KLDivergence, no augmentation.
+prints both sides. Adam (ε 1e-7) at `--lr`, Keras' KLDivergence, no stochastic depth (the
+batches are augmented before they are saved, so both sides train on the same ones).
 
     python bench/quality_step.py --out DIR [--arch efficientnetv2-b2] [--batch 8] [--steps 10]
-        [--lr 1.92e-4] [--seed 42] [--threads 2]
+        [--lr 1.92e-4] [--seed 42] [--threads 2] [--data DIR [--augment]]
 
 EfficientNetV2-B2 only: MobileNetV3's Keras model (KerasCV) already lands inside Keras' spread.
 """
@@ -100,8 +105,10 @@ def main():
     ap.add_argument("--lr", type=float, default=1.92e-4)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", help="a quality_data.py set: real windows instead of random pixels")
+    ap.add_argument("--augment", action="store_true", help="with --data: MixUp and cutouts")
     a = ap.parse_args()
-    from quality_keras import build, tensorflow_cpu
+    from quality_keras import augment, build, fold_rows, load, tensorflow_cpu
 
     tf = tensorflow_cpu(a.threads)
     import keras
@@ -113,10 +120,21 @@ def main():
     variables = named_variables(model)
     start = {key: to_timm(kind, v.numpy()) for key, kind, v in variables}
     batches = []
+    if a.data:
+        (tr, ytr), _ = fold_rows(a.data, 0)
+        take = rng.permutation(len(tr))[: a.batch * a.steps]
+        windows = load(a.data, tr.iloc[take])
     for i in range(a.steps):
-        x = rng.uniform(0, 255, size=(a.batch, 400, 300, 3)).astype(np.float32)
-        y = rng.exponential(1.0, size=(a.batch, 6)).astype(np.float32)
-        y /= y.sum(axis=1, keepdims=True)
+        if a.data:
+            part = slice(i * a.batch, (i + 1) * a.batch)
+            x, y = windows[part], ytr[take[part]]
+            if a.augment:
+                x, y = augment(rng, x, y)
+        else:
+            x = rng.uniform(0, 255, size=(a.batch, 400, 300, 3)).astype(np.float32)
+            y = rng.exponential(1.0, size=(a.batch, 6)).astype(np.float32)
+            y /= y.sum(axis=1, keepdims=True)
+        x, y = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
         batches.append((x, y))
         start[f"batch.{i}.x"] = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         start[f"batch.{i}.y"] = y
