@@ -13,11 +13,11 @@ random_state=42) over every row on expert_consensus grouped by patient_id, as th
 and hbac split. Per batch, each with probability 0.5: MixUp (Beta(2, 2) per sample, partner
 from a permutation), a time cutout and a frequency cutout (6–10 % of the axis per sample,
 zero). Adam (epsilon 1e-7; `--adam torch` puts it where PyTorch and hbac do), Keras'
-KLDivergence, the reference learning rate per epoch at this batch size. Models: KerasCV's MobileNetV3-Large
-backbone (as bench/anchors_cpu.py builds it) or keras.applications' EfficientNetV2-B2 (KerasCV's
-architecture and initialisers; its stochastic depth, `--drop-connect`, 0.2 as in both), each
-with 1/255 rescaling in front, global average pooling and a softmax Dense(6); every
-BatchNormalization's momentum set to `--bn-momentum`.
+KLDivergence, the reference learning rate per epoch at this batch size. Models: KerasCV's
+MobileNetV3-Large backbone (as bench/anchors_cpu.py builds it) or keras.applications'
+EfficientNetV2-B2 (KerasCV's architecture and initialisers; its stochastic depth,
+`--drop-connect`, 0.2 as in both), each with 1/255 rescaling in front, global average pooling
+and a softmax Dense(6); every BatchNormalization's momentum set to `--bn-momentum`.
 
 Prints one line per epoch, then `best_val_kl`, `best_epoch`, `oof_kaggle_kl` (the best epoch's
 validation predictions, Kaggle's metric), and writes OUT/oof.csv (eeg_id, the six vote columns,
