@@ -134,7 +134,6 @@ def main():
             x = rng.uniform(0, 255, size=(a.batch, 400, 300, 3)).astype(np.float32)
             y = rng.exponential(1.0, size=(a.batch, 6)).astype(np.float32)
             y /= y.sum(axis=1, keepdims=True)
-        x, y = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.float32)
         batches.append((x, y))
         start[f"batch.{i}.x"] = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         start[f"batch.{i}.y"] = y
